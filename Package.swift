@@ -4,9 +4,6 @@ import PackageDescription
 let package = Package(
     name: "p11kms",
     platforms: [.macOS(.v15)],
-    products: [
-        .executable(name: "p11kms", targets: ["p11kms"]),
-    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
