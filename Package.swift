@@ -12,6 +12,10 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CGRPC", path: "Sources/CGRPC"),
         .systemLibrary(name: "CPKCS11", path: "Sources/CPKCS11"),
+        .target(name: "PKCS11", dependencies: ["CPKCS11"]),
+        .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
+        .target(name: "TestSupport", path: "Sources/TestSupport"),
+        .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,143 @@
+import CPKCS11
+import PKCS11
+import Synchronization
+
+/// Wraps and unwraps data keys with AES-256-GCM inside the token under the root keys of a `KeyRing`.
+/// Knows nothing of protobuf or sockets; every method is synchronous and blocks on the token, so callers run it on
+/// threads of their own, never on Swift's cooperative pool.
+public final class EnvelopeService: Sendable {
+    /// KMS v2: kube-apiserver rejects ciphertexts over 1024 bytes.
+    public static let maxCiphertextV2 = 1024
+    /// Largest plaintext accepted for KMS v2.
+    public static var maxPlaintextV2: Int { maxCiphertextV2 - Envelope.overhead }
+
+    public let keyRing: KeyRing
+    public var token: Token { keyRing.token }
+    private let lastUnknownKeyRefresh = Mutex<ContinuousClock.Instant?>(nil)
+
+    public init(keyRing: KeyRing) {
+        self.keyRing = keyRing
+    }
+
+    /// Encrypts under the current root key with a fresh random IV; the key identity is bound as AAD.
+    public func encrypt(_ plaintext: [UInt8], maxCiphertext: Int = EnvelopeService.maxCiphertextV2) throws(KMSError) -> (ciphertext: [UInt8], key: RootKey) {
+        guard !plaintext.isEmpty else { throw .invalid("plaintext is empty") }
+        let limit = maxCiphertext - Envelope.overhead
+        guard plaintext.count <= limit else {
+            throw .invalid("plaintext is \(plaintext.count) bytes; at most \(limit) are accepted")
+        }
+        guard let key = keyRing.current else {
+            throw KMSError(.unavailable, "the token holds no current root key (run 'p11kms init')")
+        }
+        let iv = SecureRandom.bytes(Envelope.ivLength)
+        let header = Envelope.header(for: key.id)
+        let sealed = try withKey(key.id) { (session, handle) throws(PKCS11Error) in
+            try session.encryptAESGCM(key: handle, iv: iv, aad: header, plaintext: plaintext)
+        }
+        return (Envelope(keyID: key.id, iv: iv, sealed: sealed).serialized(), key)
+    }
+
+    /// Decrypts a ciphertext returned by `encrypt`. `expectedKeyID` (KMS v2's key_id) must name the same key as the
+    /// ciphertext; KMS v1 passes nil and relies on the identity embedded in the ciphertext.
+    public func decrypt(_ ciphertext: [UInt8], expectedKeyID: String?) throws(KMSError) -> (plaintext: [UInt8], key: RootKey) {
+        if let expectedKeyID {
+            guard !expectedKeyID.isEmpty else { throw .invalid("key_id is empty") }
+            guard expectedKeyID.utf8.count <= 1024 else { throw .invalid("key_id is longer than 1024 bytes") }
+        }
+        let envelope = try Envelope(parsing: ciphertext)
+        if let expectedKeyID, expectedKeyID != envelope.keyID.keyID {
+            throw .invalid("key_id does not match the key that produced the ciphertext")
+        }
+        let key = try knownKey(envelope.keyID)
+        switch key.state {
+        case .retired:
+            throw KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
+        case .pending:
+            throw .invalid("unknown key_id \(key.keyID)")
+        case .current, .active:
+            break
+        }
+        do throws(KMSError) {
+            let plaintext = try withKey(key.id) { (session, handle) throws(PKCS11Error) in
+                try session.decryptAESGCM(key: handle, iv: envelope.iv, aad: envelope.header, ciphertext: envelope.sealed)
+            }
+            return (plaintext, key)
+        } catch let error where error.code != .invalidArgument {
+            throw try classifyDecryptFailure(error, key: key)
+        }
+    }
+
+    /// A real AES-GCM round trip under the current key: true when the token is usable.
+    public func canary() throws(KMSError) {
+        let probe = SecureRandom.bytes(32)
+        let (ciphertext, key) = try encrypt(probe)
+        let opened = try decrypt(ciphertext, expectedKeyID: key.keyID)
+        guard opened.plaintext == probe else { throw KMSError(.internal, "canary round trip returned different bytes") }
+    }
+
+    /// SoftHSM reports a GCM tag mismatch as `CKR_GENERAL_ERROR`, other tokens as `CKR_ENCRYPTED_DATA_INVALID`,
+    /// and a retired key as `CKR_KEY_FUNCTION_NOT_PERMITTED`. A canary round trip tells forged input from a failing token.
+    private func classifyDecryptFailure(_ error: KMSError, key: RootKey) throws(KMSError) -> KMSError {
+        guard case .token(let rv) = lastTokenFailure(error) else { return error }
+        if rv == CKR_KEY_FUNCTION_NOT_PERMITTED {
+            _ = try? keyRing.refresh()
+            return KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
+        }
+        let authFailure = rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE
+        guard authFailure else { return error }
+        do throws(KMSError) {
+            try canary()
+        } catch {
+            return KMSError(.unavailable, "token unavailable: decryption failed and the token's self-test failed too")
+        }
+        return .invalid("ciphertext failed authentication")
+    }
+
+    private enum Failure { case token(UInt), other }
+
+    private func lastTokenFailure(_ error: KMSError) -> Failure {
+        // withKey records the CK_RV in the message's structured form below.
+        if let rv = error.tokenRV { return .token(rv) }
+        return .other
+    }
+
+    /// Looks a key up, re-reading the token (at most once a second) when it is not known yet: another process may
+    /// have rotated.
+    private func knownKey(_ id: RootKeyID) throws(KMSError) -> RootKey {
+        if let key = keyRing.key(id) { return key }
+        let now = ContinuousClock.now
+        let due = lastUnknownKeyRefresh.withLock { last -> Bool in
+            if let last, now - last < .seconds(1) { return false }
+            last = now
+            return true
+        }
+        if due {
+            do throws(PKCS11Error) { try keyRing.refresh() } catch { throw KMSError.token(error) }
+            if let key = keyRing.key(id) { return key }
+        }
+        throw .invalid("unknown key_id \(id.keyID)")
+    }
+
+    /// Runs `body` with a session and the key's handle; re-resolves the handle when the token says it is stale.
+    private func withKey<T>(_ id: RootKeyID, _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
+        do throws(PKCS11Error) {
+            return try token.withSession { (session) throws(PKCS11Error) -> T in
+                guard let handle = try keyRing.handle(of: id, in: session) else {
+                    throw PKCS11Error(.object("root key \(id.keyID) is not in the token"))
+                }
+                do throws(PKCS11Error) {
+                    return try body(session, handle)
+                } catch {
+                    if error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID {
+                        keyRing.forgetHandle(of: id)
+                    }
+                    throw error
+                }
+            }
+        } catch {
+            var mapped = KMSError.token(error)
+            mapped.tokenRV = error.rv
+            throw mapped
+        }
+    }
+}

@@ -1,0 +1,42 @@
+import PKCS11
+
+/// The one error type of the key service. The server maps `code` to a gRPC status; `message` is safe to return to
+/// the caller and to log: it never contains plaintext, key bytes or the PIN.
+public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: Sendable, Equatable {
+        /// The request is malformed or cannot be authenticated: changes nothing.
+        case invalidArgument
+        /// The request is well formed but the key's state refuses it (e.g. a retired key).
+        case failedPrecondition
+        /// The token cannot be reached or used right now.
+        case unavailable
+        /// Anything else.
+        case `internal`
+    }
+
+    public let code: Code
+    public let message: String
+    /// The `CK_RV` behind a token error, for classification; not part of equality.
+    public var tokenRV: UInt?
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public static func == (lhs: KMSError, rhs: KMSError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message
+    }
+
+    public var description: String { message }
+
+    public static func invalid(_ message: String) -> KMSError { KMSError(.invalidArgument, message) }
+
+    /// Maps a token error: outages become `unavailable` with the failing call's name, nothing else.
+    public static func token(_ error: PKCS11Error) -> KMSError {
+        if error.isUnavailable {
+            return KMSError(.unavailable, "token unavailable: \(error)")
+        }
+        return KMSError(.internal, "token error: \(error)")
+    }
+}

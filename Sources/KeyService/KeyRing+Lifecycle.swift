@@ -1,0 +1,91 @@
+import CPKCS11
+import PKCS11
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension KeyRing {
+    /// The attributes of every root key: AES-256 generated inside the token, persistent, private, sensitive,
+    /// never extractable, encrypt/decrypt only.
+    static func rootKeyTemplate(id: RootKeyID, label: String) -> [Attribute] {
+        aesKeyTemplate + [
+            .ulong(CKA_VALUE_LEN, 32),
+            .bool(CKA_TOKEN, true),
+            .bool(CKA_PRIVATE, true),
+            .bool(CKA_SENSITIVE, true),
+            .bool(CKA_EXTRACTABLE, false),
+            .bool(CKA_ENCRYPT, true),
+            .bool(CKA_DECRYPT, true),
+            .bool(CKA_WRAP, false),
+            .bool(CKA_UNWRAP, false),
+            .bool(CKA_SIGN, false),
+            .bool(CKA_VERIFY, false),
+            .bool(CKA_DERIVE, false),
+            .bool(CKA_MODIFIABLE, true),
+            .string(CKA_LABEL, label),
+            .bytes(CKA_ID, id.bytes),
+        ]
+    }
+
+    /// Makes sure a current key exists: returns it, or generates the first one. Idempotent.
+    public func initialize() throws(KMSError) -> (key: RootKey, created: Bool) {
+        do throws(PKCS11Error) {
+            try refresh()
+        } catch {
+            throw KMSError.token(error)
+        }
+        if let current { return (current, false) }
+        return (try rotate(), true)
+    }
+
+    /// Generates a new root key inside the token and makes it current.
+    ///
+    /// Crash-safe in two steps: the key is generated under a *pending* label (never used), verified with a real
+    /// AES-GCM round trip, and only then relabelled, which makes it current (the newest non-retired key). Killed at
+    /// any instant, the token holds exactly one current key (the old or the new one); running `rotate` again
+    /// finishes a verified pending key instead of generating another. Nothing is ever deleted.
+    public func rotate(now: Int = Int(time(nil))) throws(KMSError) -> RootKey {
+        do throws(PKCS11Error) {
+            let id = try token.withSession { (session) throws(PKCS11Error) -> RootKeyID in
+                let existing = try KeyRing.readKeys(session)
+                if let pending = existing.last(where: { $0.key.state == .pending }),
+                   pending.key.generation > (existing.filter { $0.key.state != .pending }.map(\.key.generation).max() ?? 0),
+                   (try? KeyRing.verify(pending.handle, session: session)) == true {
+                    try KeyRing.promote(pending.key, handle: pending.handle, session: session)
+                    return pending.key.id
+                }
+                let generation = (existing.map(\.key.generation).max() ?? 0) + 1
+                let id = RootKeyID.random()
+                let pendingLabel = RootKey.label(generation: generation, createdAt: now, pending: true)
+                let handle = try session.generateKey(
+                    mechanism: CK_MECHANISM_TYPE(CKM_AES_KEY_GEN), template: KeyRing.rootKeyTemplate(id: id, label: pendingLabel))
+                guard try KeyRing.verify(handle, session: session) else {
+                    throw PKCS11Error(.object("the new root key failed its AES-GCM self-test; it was left pending"))
+                }
+                let key = RootKey(id: id, label: pendingLabel, generation: generation, createdAt: now, state: .pending)
+                try KeyRing.promote(key, handle: handle, session: session)
+                return id
+            }
+            try refresh()
+            guard let key = key(id) else { throw PKCS11Error(.object("the new root key is not visible in the token")) }
+            return key
+        } catch {
+            throw KMSError.token(error)
+        }
+    }
+
+    /// Relabels a verified pending key with its final label: the single write that makes it current.
+    static func promote(_ key: RootKey, handle: CK_OBJECT_HANDLE, session: Session) throws(PKCS11Error) {
+        try session.setAttributes([.string(CKA_LABEL, RootKey.label(generation: key.generation, createdAt: key.createdAt))], of: handle)
+    }
+
+    /// A real AES-GCM round trip under `handle`.
+    static func verify(_ handle: CK_OBJECT_HANDLE, session: Session) throws(PKCS11Error) -> Bool {
+        let probe = SecureRandom.bytes(32)
+        let iv = SecureRandom.bytes(Envelope.ivLength)
+        let aad = Array("p11kms self-test".utf8)
+        let sealed = try session.encryptAESGCM(key: handle, iv: iv, aad: aad, plaintext: probe)
+        let opened = try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: sealed)
+        return opened == probe
+    }
+}

@@ -1,0 +1,123 @@
+import CPKCS11
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `dlopen`ed PKCS#11 module and its function list, one per module path and process.
+///
+/// The module is initialised with `CKF_OS_LOCKING_OK` (without it SoftHSM turns its own locking off). PKCS#11 state
+/// is process-wide, so every `Token` on the same module shares this object; `reinitialize(ifGeneration:)` finalises
+/// and initialises the library again after a device loss (SoftHSM sees a returned token only after that).
+// Holds C pointers written once in `load`; mutable state is guarded by `state` and `lifetime`.
+public final class PKCS11Module: @unchecked Sendable {
+    public let path: String
+    let functions: UnsafeMutablePointer<CK_FUNCTION_LIST>
+    /// Held shared by every PKCS#11 call, exclusively while the library is re-initialised.
+    let lifetime = ReadWriteLock()
+    private let state = ConditionLock()
+    private var _generation: UInt64 = 1
+    private var initialized = true
+
+    nonisolated(unsafe) private static var loaded: [String: PKCS11Module] = [:]
+    private static let registryLock = ConditionLock()
+
+    /// Loads (once per process) the module at `path` and calls `C_Initialize` with OS locking.
+    public static func load(path: String) throws(PKCS11Error) -> PKCS11Module {
+        try registryLock.withLock { () throws(PKCS11Error) -> PKCS11Module in
+            if let module = loaded[path] { return module }
+            let module = try PKCS11Module(path: path)
+            loaded[path] = module
+            return module
+        }
+    }
+
+    private init(path: String) throws(PKCS11Error) {
+        self.path = path
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            let why = dlerror().map { String(cString: $0) } ?? "dlopen failed"
+            throw PKCS11Error(.moduleLoad(why))
+        }
+        guard let symbol = dlsym(handle, "C_GetFunctionList") else {
+            dlclose(handle)
+            throw PKCS11Error(.moduleLoad("\(path) has no C_GetFunctionList"))
+        }
+        typealias GetFunctionList = @convention(c) (UnsafeMutablePointer<UnsafeMutablePointer<CK_FUNCTION_LIST>?>?) -> CK_RV
+        let getFunctionList = unsafeBitCast(symbol, to: GetFunctionList.self)
+        var list: UnsafeMutablePointer<CK_FUNCTION_LIST>?
+        let rv = getFunctionList(&list)
+        guard rv == CKR_OK, let list else {
+            dlclose(handle)
+            throw PKCS11Error.call("C_GetFunctionList", rv)
+        }
+        self.functions = list
+        // The handle stays open for the life of the process: unloading crypto libraries is not reliably safe.
+        do throws(PKCS11Error) {
+            try PKCS11Module.initialize(list)
+        } catch {
+            dlclose(handle)
+            throw error
+        }
+    }
+
+    private static func initialize(_ list: UnsafeMutablePointer<CK_FUNCTION_LIST>) throws(PKCS11Error) {
+        var args = CK_C_INITIALIZE_ARGS()
+        args.flags = CK_FLAGS(CKF_OS_LOCKING_OK)
+        let rv = withUnsafeMutablePointer(to: &args) { list.pointee.C_Initialize($0) }
+        guard rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED else { throw .call("C_Initialize", rv) }
+    }
+
+    /// Incremented by every re-initialisation: sessions and object handles of an older generation are invalid.
+    public var generation: UInt64 { state.withLock { _generation } }
+
+    /// `C_Finalize` then `C_Initialize`, unless another caller already did so since `generation` was read.
+    /// Waits for every call in flight to finish first.
+    public func reinitialize(ifGeneration seen: UInt64) throws(PKCS11Error) {
+        try lifetime.withWriteLock { () throws(PKCS11Error) in
+            let current = state.withLock { _generation }
+            guard current == seen else { return }
+            if state.withLock({ initialized }) { _ = functions.pointee.C_Finalize(nil) }
+            state.withLock { initialized = false; _generation += 1 }
+            try PKCS11Module.initialize(functions)
+            state.withLock { initialized = true }
+        }
+    }
+
+    /// Whether the library is initialised (false after a failed re-initialisation).
+    public var isInitialized: Bool { state.withLock { initialized } }
+
+    /// The IDs of slots that hold a token.
+    public func slotsWithToken() throws(PKCS11Error) -> [CK_SLOT_ID] {
+        var count: CK_ULONG = 0
+        var rv = functions.pointee.C_GetSlotList(CK_BBOOL(CK_TRUE), nil, &count)
+        guard rv == CKR_OK else { throw .call("C_GetSlotList", rv) }
+        var slots = [CK_SLOT_ID](repeating: 0, count: Int(count))
+        rv = slots.withUnsafeMutableBufferPointer { functions.pointee.C_GetSlotList(CK_BBOOL(CK_TRUE), $0.baseAddress, &count) }
+        guard rv == CKR_OK else { throw .call("C_GetSlotList", rv) }
+        return Array(slots.prefix(Int(count)))
+    }
+
+    /// The label of the token in `slot`, with the padding spaces removed.
+    public func tokenLabel(slot: CK_SLOT_ID) throws(PKCS11Error) -> String {
+        var info = CK_TOKEN_INFO()
+        let rv = functions.pointee.C_GetTokenInfo(slot, &info)
+        guard rv == CKR_OK else { throw .call("C_GetTokenInfo", rv) }
+        let label = withUnsafeBytes(of: info.label) { String(decoding: $0, as: UTF8.self) }
+        return String(label.reversed().drop(while: { $0 == " " || $0 == "\0" }).reversed())
+    }
+
+    /// Finds the slot whose token has `label` (slot numbers change after a token is initialised).
+    public func slot(forTokenLabel label: String) throws(PKCS11Error) -> CK_SLOT_ID {
+        for slot in try slotsWithToken() where (try? tokenLabel(slot: slot)) == label {
+            return slot
+        }
+        throw PKCS11Error(.tokenNotFound(label: label))
+    }
+
+    /// Opens a read-write session on `slot`.
+    public func openSession(slot: CK_SLOT_ID) throws(PKCS11Error) -> Session {
+        var handle: CK_SESSION_HANDLE = 0
+        let rv = functions.pointee.C_OpenSession(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &handle)
+        guard rv == CKR_OK else { throw .call("C_OpenSession", rv) }
+        return Session(module: self, handle: handle, generation: generation)
+    }
+}

@@ -1,0 +1,204 @@
+import CPKCS11
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the token is and how to log in to it. The PIN is kept as bytes and never printed.
+public struct TokenConfiguration: Sendable, CustomStringConvertible {
+    public var modulePath: String
+    public var tokenLabel: String
+    public var pin: [UInt8]
+    /// At most this many sessions are open at once; callers beyond it wait for a free one.
+    public var maxSessions: Int
+    /// A lost device is re-initialised at most this often; calls in between fail fast as unavailable.
+    public var reconnectInterval: Duration
+
+    public init(modulePath: String, tokenLabel: String, pin: [UInt8], maxSessions: Int = 8,
+                reconnectInterval: Duration = .milliseconds(500)) {
+        self.modulePath = modulePath
+        self.tokenLabel = tokenLabel
+        self.pin = pin
+        self.maxSessions = max(1, maxSessions)
+        self.reconnectInterval = reconnectInterval
+    }
+
+    public var description: String {
+        "module=\(modulePath) token-label=\(tokenLabel) pin=<redacted> max-sessions=\(maxSessions)"
+    }
+}
+
+/// One token: a pool of logged-in sessions, so that concurrent operations never share a session, and the recovery
+/// rules: a lost session or login is reopened and the call retried once; a lost device re-initialises the module
+/// and retries once; a rejected PIN is never tried again.
+// Mutable state is guarded by `lock`; the module's lifetime lock is held around every PKCS#11 call.
+public final class Token: @unchecked Sendable {
+    public let configuration: TokenConfiguration
+    private let lock = ConditionLock()
+    private var module: PKCS11Module?
+    private var slot: CK_SLOT_ID?
+    private var sessionGeneration: UInt64 = 0
+    private var idle: [Session] = []
+    private var openCount = 0
+    private var pinRejected = false
+    private var lastReconnect: ContinuousClock.Instant?
+    private var lastFailure: PKCS11Error?
+
+    public init(configuration: TokenConfiguration) {
+        self.configuration = configuration
+    }
+
+    /// Loads the module, finds the token and logs in once. Fails fast with a clear error.
+    public func connect() throws(PKCS11Error) {
+        try withSession { _ in }
+    }
+
+    /// Sessions currently open (idle and in use).
+    public var openSessions: Int { lock.withLock { openCount } }
+
+    /// Sessions currently lent out.
+    public var sessionsInUse: Int { lock.withLock { openCount - idle.count } }
+
+    /// Runs `body` with a session of its own, logged in. Retries once after a lost session, login or device.
+    public func withSession<T>(_ body: (Session) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+        do {
+            return try attempt(body)
+        } catch let error where error.isSessionLost || error.isDeviceLost {
+            return try attempt(body)
+        }
+    }
+
+    private func attempt<T>(_ body: (Session) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+        let module = try loadedModule()
+        let outcome: Result<T, PKCS11Error> = module.lifetime.withReadLock { () -> Result<T, PKCS11Error> in
+            let session: Session
+            do throws(PKCS11Error) {
+                session = try acquire(module)
+            } catch {
+                return .failure(error)
+            }
+            do throws(PKCS11Error) {
+                let value = try body(session)
+                release(session, module: module)
+                return .success(value)
+            } catch {
+                if error.isSessionLost || error.isDeviceLost {
+                    discard(session)
+                } else {
+                    release(session, module: module)
+                }
+                return .failure(error)
+            }
+        }
+        switch outcome {
+        case .success(let value):
+            return value
+        case .failure(let error):
+            if error.isDeviceLost { recover(module) }
+            throw error
+        }
+    }
+
+    private func loadedModule() throws(PKCS11Error) -> PKCS11Module {
+        if let module = lock.withLock({ self.module }) { return module }
+        let module = try PKCS11Module.load(path: configuration.modulePath)
+        lock.withLock { self.module = module }
+        return module
+    }
+
+    /// Takes an idle session of the current module generation or opens one (logging in when the token needs it).
+    /// Called with the module's lifetime lock held shared.
+    private func acquire(_ module: PKCS11Module) throws(PKCS11Error) -> Session {
+        let generation = module.generation
+        let reuse: Session? = try lock.withLock { () throws(PKCS11Error) -> Session? in
+            if pinRejected { throw PKCS11Error(.pinRejected) }
+            if sessionGeneration != generation {
+                // The library was re-initialised: every session and the slot number are gone.
+                idle.removeAll()
+                openCount = 0
+                slot = nil
+                sessionGeneration = generation
+            }
+            while true {
+                if let session = idle.popLast() { return session }
+                if openCount < configuration.maxSessions {
+                    openCount += 1
+                    return nil
+                }
+                lock.wait()
+            }
+        }
+        if let reuse { return reuse }
+        do throws(PKCS11Error) {
+            return try openLoggedInSession(module)
+        } catch {
+            lock.withLock {
+                openCount -= 1
+                lock.broadcast()
+            }
+            throw error
+        }
+    }
+
+    private func openLoggedInSession(_ module: PKCS11Module) throws(PKCS11Error) -> Session {
+        let knownSlot = lock.withLock { slot }
+        let slotID: CK_SLOT_ID
+        if let knownSlot { slotID = knownSlot } else { slotID = try module.slot(forTokenLabel: configuration.tokenLabel) }
+        lock.withLock { self.slot = slotID }
+        let session = try module.openSession(slot: slotID)
+        do throws(PKCS11Error) {
+            if try !session.isLoggedIn() {
+                try login(session)
+            }
+        } catch {
+            session.close()
+            throw error
+        }
+        return session
+    }
+
+    /// Exactly one `C_Login` per need; a rejected PIN is remembered and never tried again.
+    private func login(_ session: Session) throws(PKCS11Error) {
+        do throws(PKCS11Error) {
+            try session.login(pin: configuration.pin)
+        } catch {
+            if case .pinRejected = error.kind { lock.withLock { pinRejected = true } }
+            throw error
+        }
+    }
+
+    private func release(_ session: Session, module: PKCS11Module) {
+        lock.withLock {
+            if sessionGeneration == module.generation {
+                idle.append(session)
+            } else {
+                openCount = max(0, openCount - 1)
+            }
+            lock.broadcast()
+        }
+    }
+
+    private func discard(_ session: Session) {
+        session.close()
+        lock.withLock {
+            openCount = max(0, openCount - 1)
+            lock.broadcast()
+        }
+    }
+
+    /// Re-initialises the module after a device loss, at most once per `reconnectInterval`.
+    private func recover(_ module: PKCS11Module) {
+        let seen = module.generation
+        let now = ContinuousClock.now
+        let due: Bool = lock.withLock {
+            if let last = lastReconnect, now - last < configuration.reconnectInterval { return false }
+            lastReconnect = now
+            return true
+        }
+        guard due else { return }
+        do throws(PKCS11Error) {
+            try module.reinitialize(ifGeneration: seen)
+        } catch {
+            lock.withLock { lastFailure = error }
+        }
+    }
+}
