@@ -16,6 +16,27 @@ let package = Package(
         .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
         .target(name: "TestSupport", path: "Sources/TestSupport"),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
+        // Generated message types for the KMS plugin APIs (v2, v1beta1) and
+        // the apiserver's EncryptedObject. Regenerate with
+        // scripts/generate-protos.sh.
+        .target(
+            name: "KMSProto",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        // Generated message types for the etcd v3 KV/Auth subset and the
+        // Kubernetes storage envelope (runtime.Unknown, v1.Secret).
+        .target(
+            name: "EtcdProto",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        .testTarget(
+            name: "ProtoTests",
+            dependencies: [
+                "KMSProto",
+                "EtcdProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
