@@ -12,6 +12,21 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CGRPC", path: "Sources/CGRPC"),
         .systemLibrary(name: "CPKCS11", path: "Sources/CPKCS11"),
+        .target(
+            name: "GRPCTransport",
+            dependencies: [
+                "CGRPC",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "GRPCTransportBench",
+            dependencies: ["GRPCTransport"]
+        ),
+        .testTarget(
+            name: "GRPCTransportTests",
+            dependencies: ["GRPCTransport"]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
