@@ -1,3 +1,4 @@
+import Foundation
 import GRPCTransport
 import KMSProto
 import KeyService
@@ -50,7 +51,7 @@ public struct KMSv1Service: Sendable {
         response.runtimeName = KMSv1Service.runtimeName
         response.runtimeVersion = runtimeVersion
         metrics.record(method: "Version", outcome: .success, since: started)
-        return try serialize(response)
+        return serialize(response)
     }
 
     func encrypt(_ bytes: [UInt8]) throws(GRPCStatus) -> [UInt8] {
@@ -63,10 +64,10 @@ public struct KMSv1Service: Sendable {
         do throws(KMSError) {
             let (ciphertext, key) = try service.encrypt(Array(request.plain), maxCiphertext: KMSv1Service.maxCiphertext)
             var response = V1beta1_EncryptResponse()
-            response.cipher = ciphertext
+            response.cipher = Data(ciphertext)
             metrics.record(method: "Encrypt", outcome: .success, since: started, keyID: key.keyID)
             logger.debug("v1 encrypt", metadata: ["key_id": "\(key.keyID)"])
-            return try serialize(response)
+            return serialize(response)
         } catch {
             throw fail("Encrypt", error, since: started)
         }
@@ -82,10 +83,10 @@ public struct KMSv1Service: Sendable {
         do throws(KMSError) {
             let (plaintext, key) = try service.decrypt(Array(request.cipher), expectedKeyID: nil)
             var response = V1beta1_DecryptResponse()
-            response.plain = plaintext
+            response.plain = Data(plaintext)
             metrics.record(method: "Decrypt", outcome: .success, since: started, keyID: key.keyID)
             logger.debug("v1 decrypt", metadata: ["key_id": "\(key.keyID)"])
-            return try serialize(response)
+            return serialize(response)
         } catch {
             throw fail("Decrypt", error, since: started)
         }
