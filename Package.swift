@@ -29,7 +29,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "TestSupport", path: "Sources/TestSupport"),
+        .target(name: "TestSupport", dependencies: [
+            "GRPCTransport", "KMSProto", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ], path: "Sources/TestSupport"),
+        .testTarget(name: "PluginTests", dependencies: [
+            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
         // Generated message types for the KMS plugin APIs (v2, v1beta1) and
         // the apiserver's EncryptedObject. Regenerate with
