@@ -40,11 +40,13 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The session is gone but the token is fine: open a new session (and log in) and retry.
+    /// The session is gone or unusable but the token is fine: open a new session (and log in) and retry.
+    /// `CKR_OPERATION_ACTIVE` is here because a session is never shared: an operation still active in it was left
+    /// behind by a failed call (a token that did not end it), and the session would otherwise fail every later use.
     public var isSessionLost: Bool {
         guard let rv else { return false }
         return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED || rv == CKR_USER_NOT_LOGGED_IN
-            || rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID
+            || rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OPERATION_ACTIVE
     }
 
     /// The device, slot or library state is gone: only finalising and re-initialising the module can recover.
