@@ -118,7 +118,9 @@ public final class EnvelopeService: Sendable {
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
-    /// Runs `body` with a session and the key's handle; re-resolves the handle when the token says it is stale.
+    /// Runs `body` with a session and the key's handle; when the token says the handle is stale, looks it up again
+    /// and runs `body` once more in the same session. If the key cannot be found again (e.g. the session lost its
+    /// login, which hides private objects), the stale-handle error goes to `Token`, which retries with a checked login.
     private func withKey<T>(_ id: RootKeyID, _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
         do throws(PKCS11Error) {
             return try token.withSession { (session) throws(PKCS11Error) -> T in
@@ -128,10 +130,17 @@ public final class EnvelopeService: Sendable {
                 do throws(PKCS11Error) {
                     return try body(session, handle)
                 } catch {
-                    if error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID {
-                        keyRing.forgetHandle(of: id)
+                    guard error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID else { throw error }
+                    keyRing.forgetHandle(of: id)
+                    guard let fresh = try? keyRing.handle(of: id, in: session), fresh != handle else { throw error }
+                    do throws(PKCS11Error) {
+                        return try body(session, fresh)
+                    } catch let again {
+                        if again.rv == CKR_KEY_HANDLE_INVALID || again.rv == CKR_OBJECT_HANDLE_INVALID {
+                            keyRing.forgetHandle(of: id)
+                        }
+                        throw again
                     }
-                    throw error
                 }
             }
         } catch {
