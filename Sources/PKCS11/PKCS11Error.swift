@@ -50,7 +50,10 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
     }
 
     /// The device, slot or library state is gone: only finalising and re-initialising the module can recover.
+    /// A token no longer (or not yet) found by its label counts too: SoftHSM sees a token whose storage came back
+    /// only after re-initialisation.
     public var isDeviceLost: Bool {
+        if case .tokenNotFound = kind { return true }
         guard let rv else { return false }
         return rv == CKR_DEVICE_REMOVED || rv == CKR_DEVICE_ERROR || rv == CKR_TOKEN_NOT_PRESENT
             || rv == CKR_TOKEN_NOT_RECOGNIZED || rv == CKR_SLOT_ID_INVALID || rv == CKR_CRYPTOKI_NOT_INITIALIZED

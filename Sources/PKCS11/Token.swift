@@ -112,6 +112,24 @@ public final class Token: @unchecked Sendable {
         }
     }
 
+    /// Call inside `withSession` when an object known to exist is missing. Confirms that the session's token is
+    /// still readable and still the configured one, and otherwise throws `tokenNotFound`, which counts as a lost
+    /// device (the module is re-initialised and the call retried once). In a storage outage SoftHSM keeps the
+    /// session and its login, answers C_FindObjects with nothing and cached handles with CKR_OBJECT_HANDLE_INVALID;
+    /// only C_GetTokenInfo fails.
+    public func confirmPresent(_ session: Session) throws(PKCS11Error) {
+        let slot: CK_SLOT_ID
+        do throws(PKCS11Error) {
+            slot = try session.slotID()
+        } catch {
+            if error.isSessionLost || error.isDeviceLost { throw error }
+            throw PKCS11Error(.tokenNotFound(label: configuration.tokenLabel))
+        }
+        guard (try? session.module.tokenLabel(slot: slot)) == configuration.tokenLabel else {
+            throw PKCS11Error(.tokenNotFound(label: configuration.tokenLabel))
+        }
+    }
+
     private func loadedModule() throws(PKCS11Error) -> PKCS11Module {
         if let module = lock.withLock({ self.module }) { return module }
         let module = try PKCS11Module.load(path: configuration.modulePath)
