@@ -133,6 +133,8 @@ public final class EnvelopeService: Sendable {
         do throws(PKCS11Error) {
             return try token.withSession { (session) throws(PKCS11Error) -> T in
                 guard let handle = try keyRing.handle(of: id, in: session) else {
+                    // Root keys are never deleted: a known one missing may be a storage outage.
+                    try token.confirmPresent(session)
                     throw PKCS11Error(.object("root key \(id.keyID) is not in the token"))
                 }
                 do throws(PKCS11Error) {
@@ -140,7 +142,10 @@ public final class EnvelopeService: Sendable {
                 } catch {
                     guard error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID else { throw error }
                     keyRing.forgetHandle(of: id)
-                    guard let fresh = try? keyRing.handle(of: id, in: session), fresh != handle else { throw error }
+                    guard let fresh = try? keyRing.handle(of: id, in: session), fresh != handle else {
+                        try token.confirmPresent(session)
+                        throw error
+                    }
                     do throws(PKCS11Error) {
                         return try body(session, fresh)
                     } catch let again {

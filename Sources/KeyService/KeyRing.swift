@@ -26,12 +26,17 @@ public final class KeyRing: Sendable {
 
     public func key(_ id: RootKeyID) -> RootKey? { state.withLock { $0.keys.first { $0.id == id } } }
 
-    /// Reads the keys from the token again. Returns whether the list changed.
+    /// Reads the keys from the token again. Returns whether the list changed. Keys are never deleted, so when known
+    /// keys are missing the token is first confirmed present: in a storage outage SoftHSM finds no objects, and the
+    /// keys must not be forgotten (a later decrypt would call its ciphertext invalid instead of unavailable).
     @discardableResult
     public func refresh() throws(PKCS11Error) -> Bool {
+        let known = state.withLock { Set($0.keys.map(\.id)) }
         let (found, epoch) = try token.withSession { (session) throws(PKCS11Error) in
             let epoch = token.handleEpoch
-            return (try KeyRing.readKeys(session), epoch)
+            let found = try KeyRing.readKeys(session)
+            if !known.isSubset(of: found.map(\.key.id)) { try token.confirmPresent(session) }
+            return (found, epoch)
         }
         return state.withLock { state in
             let keys = found.map(\.key)
