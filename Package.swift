@@ -21,6 +21,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Sources/TestSupport"),
         .target(name: "CFaultPKCS11", path: "Sources/CFaultPKCS11", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
+        .testTarget(name: "FaultTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )
