@@ -234,14 +234,14 @@ static int parse_rv(const char *text, CK_RV *rv) {
     return 1;
 }
 
-static void complain(const char *line, const char *why) {
-    fprintf(stderr, "faultpkcs11: %s: ignoring rule '%s': %s\n", control_path, line, why);
+static void complain(const char *token, const char *why) {
+    fprintf(stderr, "faultpkcs11: %s: ignoring a rule at '%s': %s\n", control_path, token, why);
 }
 
-#define REJECT(text, why) \
-    do {                   \
-        complain(text, why); \
-        return;            \
+#define REJECT(token, why)     \
+    do {                       \
+        complain(token, why);  \
+        return;                \
     } while (0)
 
 static void parse_line(char *line) {
@@ -299,10 +299,9 @@ static void refresh_plan(void) {
     if (!control_path) return;
     struct stat st;
     if (stat(control_path, &st) != 0) {
-        if (plan_seen || rule_count) {
-            rule_count = 0;
-            plan_seen = 0;
-        }
+        /* No file: pass everything through. */
+        rule_count = 0;
+        plan_seen = 0;
         return;
     }
     if (plan_seen && same_file(&st, &plan_stat)) return;
