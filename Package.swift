@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "p11kms", targets: ["p11kms"]),
+        // A fault-injecting PKCS#11 module for the recovery tests (libFaultPKCS11.so next to the test bundle).
+        .library(name: "FaultPKCS11", type: .dynamic, targets: ["CFaultPKCS11"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
@@ -73,6 +75,8 @@ let package = Package(
             name: "GRPCTransportTests",
             dependencies: ["GRPCTransport"]
         ),
+        .target(name: "CFaultPKCS11", path: "Sources/CFaultPKCS11", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
+        .testTarget(name: "FaultTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )
