@@ -1,4 +1,6 @@
 import CGRPC
+import Logging
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -47,9 +49,38 @@ public enum GRPCRuntime {
         return set
     }
 
+    /// Sends the gRPC core's own log lines (by default printed to stderr) to `logger`, process-wide.
+    /// Core errors are logged at `.warning`: most are routine (a failed handshake, a refused bind
+    /// that `GRPCServer.start()` reports itself). Pass nil to go back to stderr.
+    public static func routeCoreLogs(to logger: Logger?) {
+        coreLogger.withLock { $0 = logger }
+        if logger == nil {
+            gpr_set_log_function(nil)
+            return
+        }
+        gpr_set_log_function { arguments in
+            guard let arguments, let logger = coreLogger.withLock({ $0 }) else { return }
+            let level: Logger.Level = switch arguments.pointee.severity {
+            case GPR_LOG_SEVERITY_ERROR: .warning
+            case GPR_LOG_SEVERITY_INFO: .info
+            default: .debug
+            }
+            guard logger.logLevel <= level else { return }
+            let message = arguments.pointee.message.map { String(cString: $0) } ?? ""
+            let file = arguments.pointee.file.map { String(cString: $0) } ?? "?"
+            logger.log(
+                level: level, "\(message)",
+                metadata: ["grpc_source": "\(file.split(separator: "/").last ?? "?"):\(arguments.pointee.line)"])
+        }
+    }
+
     /// Takes one reference on the C core library (`grpc_init`). Balanced by `release()`.
     static func retain() {
         ignoreSIGPIPE()
+        if grpc_is_initialized() != 0 {
+            grpc_init()
+            return
+        }
         // Run grpc_init on a thread with the signals blocked: the threads it starts inherit that mask.
         NativeThread.spawn(name: "grpc-init") { grpc_init() }.join()
     }
@@ -59,6 +90,9 @@ public enum GRPCRuntime {
         grpc_shutdown()
     }
 }
+
+/// Where `GRPCRuntime.routeCoreLogs(to:)` sends core log lines.
+private let coreLogger = Mutex<Logger?>(nil)
 
 /// A C pointer that is shared across threads.
 ///

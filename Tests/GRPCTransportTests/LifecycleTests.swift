@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import GRPCTransport
 
@@ -59,6 +60,19 @@ struct LifecycleTests {
         neverStarted.shutdown(gracePeriod: .zero)
     }
 
+    @Test("releasing a running server shuts it down")
+    func releaseWithoutShutdown() throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("dropped.sock")
+        do {
+            let server = GRPCServer(configuration: GRPCServerConfiguration(address: "unix:" + path), handlers: TestMethods.handlers)
+            try server.start()
+            let client = try GRPCClient(configuration: GRPCClientConfiguration(target: "unix:" + path))
+            #expect(try client.unary(method: TestMethods.echo, request: [1]) == [1])
+        }
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
     @Test("a new server can take over the path of a stopped one")
     func samePathAgain() throws {
         let directory = try TemporaryDirectory()
@@ -91,6 +105,18 @@ struct LifecycleTests {
             configuration: GRPCServerConfiguration(address: "unix:/tmp/" + String(repeating: "x", count: 120)),
             handlers: [:])
         #expect(throws: GRPCStatus.self) { try tooLong.start() }
+    }
+
+    @Test("core log lines can be routed to swift-log")
+    func coreLogRouting() throws {
+        let store = CapturingLogHandler.Store()
+        GRPCRuntime.routeCoreLogs(to: Logger(label: "grpc.core") { _ in CapturingLogHandler(store: store) })
+        defer { GRPCRuntime.routeCoreLogs(to: nil) }
+        let server = GRPCServer(
+            configuration: GRPCServerConfiguration(address: "unix:/nonexistent-dir-for-test/log.sock"), handlers: [:])
+        #expect(throws: GRPCStatus.self) { try server.start() }
+        let lines = store.lines.withLock { $0 }
+        #expect(lines.contains { $0.hasPrefix("warning") && $0.contains("No such file or directory") }, "\(lines)")
     }
 
     @Test("20 start / call / shutdown cycles")
