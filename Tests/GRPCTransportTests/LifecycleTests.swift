@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import Testing
 @testable import GRPCTransport
 
@@ -58,6 +59,37 @@ struct LifecycleTests {
 
         let neverStarted = GRPCServer(configuration: GRPCServerConfiguration(address: "unix:/tmp/unused.sock"), handlers: [:])
         neverStarted.shutdown(gracePeriod: .zero)
+    }
+
+    @Test("shutdown under load ends every call cleanly", arguments: [0, 4])
+    func shutdownUnderLoad(workers: Int) throws {
+        let fixture = try TestServer { $0.workerThreads = workers }
+        let client = try fixture.makeClient()
+        let stop = Atomic<Bool>(false)
+        let succeeded = Atomic<Int>(0)
+        let unexpected = Mutex<[GRPCStatus]>([])
+        let load = Background { () -> Void in
+            runOnThreads(8) { index in
+                while !stop.load(ordering: .relaxed) {
+                    do throws(GRPCStatus) {
+                        let payload = [UInt8](repeating: UInt8(index), count: 100)
+                        if try client.unary(method: TestMethods.echo, request: payload, timeout: .seconds(5)) == payload {
+                            succeeded.add(1, ordering: .relaxed)
+                        }
+                    } catch where [GRPCStatusCode.unavailable, .cancelled].contains(error.code) {
+                        continue
+                    } catch {
+                        unexpected.withLock { $0.append(error) }
+                    }
+                }
+            }
+        }
+        #expect(waitUntil { succeeded.load(ordering: .relaxed) > 200 })
+        fixture.server.shutdown(gracePeriod: .milliseconds(100))
+        #expect(fixture.server.inFlightCalls == 0)
+        stop.store(true, ordering: .relaxed)
+        load.wait()
+        #expect(unexpected.withLock { $0 }.isEmpty, "\(unexpected.withLock { $0 })")
     }
 
     @Test("releasing a running server shuts it down")
