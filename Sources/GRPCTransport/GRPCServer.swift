@@ -66,7 +66,7 @@ public final class GRPCServer: Sendable {
             case .running: throw GRPCStatus(.failedPrecondition, "the server is already running")
             case .stopped: throw GRPCStatus(.failedPrecondition, "the server has been shut down; create a new one")
             }
-            state = .running(try launch())
+            state = .running(try GRPCRuntime.withSignalsBlocked { () throws(GRPCStatus) in try launch() })
         }
     }
 
