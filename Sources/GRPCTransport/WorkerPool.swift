@@ -3,12 +3,15 @@ import Synchronization
 
 /// A fixed set of our own threads that run server calls' handlers.
 ///
-/// A plain FIFO guarded by a mutex; a counting semaphore wakes one idle worker per item. Items are
-/// taken in order, so a slow handler never blocks the others while idle workers remain.
+/// A FIFO guarded by a mutex. A worker drains the queue before it goes to sleep, and `submit` wakes a
+/// sleeping worker only when no awake worker is left to pick the item up, so a busy pool takes
+/// items without any wake-up system call.
 final class WorkerPool: Sendable {
     private struct Queue: ~Copyable {
         var items: [ServerCall?] = []
         var head = 0
+        /// Workers blocked (or about to block) on `wakeUp` without a wake-up already assigned.
+        var sleeping = 0
         var stopping = false
 
         mutating func push(_ call: ServerCall) {
@@ -32,8 +35,14 @@ final class WorkerPool: Sendable {
         }
     }
 
+    private enum Next {
+        case run(ServerCall)
+        case sleep
+        case exit
+    }
+
     private let queue = Mutex(Queue())
-    private let available = DispatchSemaphore(value: 0)
+    private let wakeUp = DispatchSemaphore(value: 0)
     private let threads = Mutex<[NativeThread]>([])
 
     init(threadCount: Int, name: String) {
@@ -46,21 +55,27 @@ final class WorkerPool: Sendable {
 
     /// Hands `call` to a worker, which runs its handler and starts its final batch.
     func submit(_ call: ServerCall) {
-        queue.withLock { $0.push(call) }
-        available.signal()
+        let wake = queue.withLock { queue in
+            queue.push(call)
+            guard queue.sleeping > 0 else { return false }
+            queue.sleeping -= 1
+            return true
+        }
+        if wake { wakeUp.signal() }
     }
 
     private func run() {
         while true {
-            available.wait()
-            let next: ServerCall?? = queue.withLock { queue in
-                if let call = queue.pop() { return .some(call) }
-                return queue.stopping ? .none : .some(nil)
+            let next: Next = queue.withLock { queue in
+                if let call = queue.pop() { return .run(call) }
+                if queue.stopping { return .exit }
+                queue.sleeping += 1
+                return .sleep
             }
             switch next {
-            case .none: return
-            case .some(.none): continue
-            case .some(.some(let call)): call.runHandler()
+            case .run(let call): call.runHandler()
+            case .sleep: wakeUp.wait()
+            case .exit: return
             }
         }
     }
@@ -73,8 +88,13 @@ final class WorkerPool: Sendable {
             return current
         }
         guard !toJoin.isEmpty else { return }
-        queue.withLock { $0.stopping = true }
-        for _ in toJoin { available.signal() }
+        let sleepers = queue.withLock { queue in
+            queue.stopping = true
+            let sleepers = queue.sleeping
+            queue.sleeping = 0
+            return sleepers
+        }
+        for _ in 0..<sleepers { wakeUp.signal() }
         for thread in toJoin { thread.join() }
     }
 }

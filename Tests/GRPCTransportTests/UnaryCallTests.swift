@@ -73,7 +73,9 @@ struct UnaryCallTests {
         #expect(lines.contains("x-custom=value 2"))
         #expect(lines.contains("method=\(TestMethods.inspect)"))
         let deadline = lines.first { $0.hasPrefix("deadline-ms=") }.flatMap { Int($0.dropFirst("deadline-ms=".count)) }
-        #expect(deadline.map { $0 > 25_000 && $0 <= 30_000 } == true, "deadline: \(lines)")
+        // The core rounds the grpc-timeout header up (to 3 significant digits), so the server's
+        // deadline may be a little later than the client's.
+        #expect(deadline.map { $0 > 25_000 && $0 <= 30_500 } == true, "deadline: \(lines)")
     }
 
     @Test("illegal metadata is rejected by the client")
