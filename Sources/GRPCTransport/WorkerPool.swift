@@ -4,15 +4,20 @@ import Synchronization
 /// A fixed set of our own threads that run server calls' handlers.
 ///
 /// A FIFO guarded by a mutex. A worker drains the queue before it goes to sleep, and `submit` wakes a
-/// sleeping worker only when no awake worker is left to pick the item up, so a busy pool takes
-/// items without any wake-up system call.
+/// sleeping worker only when the queued items outnumber the workers that are awake and looking
+/// for work (not inside a handler). Under load most items are then taken without a wake-up system
+/// call, while an item never waits behind a handler that is still running if a worker sleeps.
 final class WorkerPool: Sendable {
     private struct Queue: ~Copyable {
         var items: [ServerCall?] = []
         var head = 0
         /// Workers blocked (or about to block) on `wakeUp` without a wake-up already assigned.
         var sleeping = 0
+        /// Workers awake and about to look at the queue (including those already woken up).
+        var searching = 0
         var stopping = false
+
+        var count: Int { items.count - head }
 
         mutating func push(_ call: ServerCall) {
             if head > 64, head * 2 > items.count {
@@ -57,25 +62,35 @@ final class WorkerPool: Sendable {
     func submit(_ call: ServerCall) {
         let wake = queue.withLock { queue in
             queue.push(call)
-            guard queue.sleeping > 0 else { return false }
+            guard queue.sleeping > 0, queue.count > queue.searching else { return false }
             queue.sleeping -= 1
+            queue.searching += 1
             return true
         }
         if wake { wakeUp.signal() }
     }
 
     private func run() {
+        // Whoever wakes a sleeping worker counts it as searching; otherwise it counts itself.
+        var countMe = true
         while true {
             let next: Next = queue.withLock { queue in
+                if countMe { queue.searching += 1 }
+                queue.searching -= 1
                 if let call = queue.pop() { return .run(call) }
                 if queue.stopping { return .exit }
                 queue.sleeping += 1
                 return .sleep
             }
             switch next {
-            case .run(let call): call.runHandler()
-            case .sleep: wakeUp.wait()
-            case .exit: return
+            case .run(let call):
+                call.runHandler()
+                countMe = true
+            case .sleep:
+                wakeUp.wait()
+                countMe = false
+            case .exit:
+                return
             }
         }
     }
@@ -92,6 +107,7 @@ final class WorkerPool: Sendable {
             queue.stopping = true
             let sleepers = queue.sleeping
             queue.sleeping = 0
+            queue.searching += sleepers
             return sleepers
         }
         for _ in 0..<sleepers { wakeUp.signal() }

@@ -108,6 +108,18 @@ struct UnaryCallTests {
         #expect(waitUntil { fixture.server.inFlightCalls == 0 })
     }
 
+    @Test("blocking handlers run in parallel on the worker threads")
+    func workersRunInParallel() throws {
+        let fixture = try TestServer { $0.workerThreads = 4 }
+        let client = try fixture.makeClient()
+        let started = ContinuousClock.now
+        runOnThreads(4) { _ in
+            _ = try? client.unary(method: TestMethods.slow, request: TestMethods.sleepRequest(milliseconds: 300))
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(elapsed < .milliseconds(900), "4 calls of 300 ms took \(elapsed)")
+    }
+
     @Test("a slow handler exceeds the client's deadline")
     func deadlineExceeded() throws {
         let fixture = try TestServer()
