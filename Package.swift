@@ -31,6 +31,10 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .executableTarget(name: "P11KMSBench", dependencies: [
+            "GRPCTransport", "KMSProto", "KeyService", "PKCS11", "CPKCS11",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .target(name: "TestSupport", dependencies: [
             "GRPCTransport", "KMSProto", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ], path: "Sources/TestSupport"),

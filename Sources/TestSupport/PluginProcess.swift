@@ -70,6 +70,7 @@ public final class PluginProcess: @unchecked Sendable {
         process.standardError = log
         try process.run()
         self.process = process
+        ChildProcesses.register(process.processIdentifier)
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if !process.isRunning { throw FixtureError("p11kms serve exited: \(self.log)") }
@@ -95,6 +96,37 @@ public final class PluginProcess: @unchecked Sendable {
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     public func client() throws -> KMSClient { try KMSClient(socketPath: socketPath) }
+}
+
+/// Children started by tests, ended when the test process exits (shared plugins live in statics, whose deinit
+/// never runs).
+public enum ChildProcesses {
+    private static let pids = LockedPIDs()
+
+    public static func register(_ pid: Int32) {
+        pids.add(pid)
+    }
+
+    static func killAll() {
+        for pid in pids.all() { kill(pid, SIGTERM) }
+    }
+}
+
+final class LockedPIDs: @unchecked Sendable {
+    // A set guarded by `lock`; the exit handler is installed with the first registration.
+    private var pids: Set<Int32> = []
+    private var installed = false
+    private let lock = NSLock()
+    func add(_ pid: Int32) {
+        lock.lock()
+        defer { lock.unlock() }
+        pids.insert(pid)
+        if !installed {
+            installed = true
+            atexit { ChildProcesses.killAll() }
+        }
+    }
+    func all() -> [Int32] { lock.lock(); defer { lock.unlock() }; return Array(pids) }
 }
 
 /// A KMS v2/v1 client over a real unix socket.

@@ -130,6 +130,7 @@ struct RotationTests {
         second.environment = first.environment
         second.standardError = FileHandle.nullDevice
         try second.run()
+        ChildProcesses.register(second.processIdentifier)
         defer { second.terminate(); second.waitUntilExit() }
         var secondClient: KMSClient?
         for _ in 0..<100 where secondClient == nil {
