@@ -23,7 +23,7 @@ export SOFTHSM2_CONF="$work/softhsm2.conf"
 softhsm2-util --init-token --free --label bench --so-pin so-pin-0 --pin "$(cat "$work/pin")" >/dev/null
 "$bin/p11kms" init --token-label bench --pin-file "$work/pin" >/dev/null 2>&1
 "$bin/p11kms" serve --listen "unix://$work/kms.sock" --token-label bench --pin-file "$work/pin" \
-  --log-level warning "$@" 2>"$work/serve.log" &
+  --log-level warning --http-listen off "$@" 2>"$work/serve.log" &
 echo $! > "$work/pid"
 for _ in $(seq 1 100); do [ -S "$work/kms.sock" ] && break; sleep 0.1; done
 "$bin/P11KMSBench" --listen "unix://$work/kms.sock" --token-label bench --pin-file "$work/pin" \
