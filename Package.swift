@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .systemLibrary(name: "CGRPC", path: "Sources/CGRPC"),
@@ -77,6 +78,11 @@ let package = Package(
         ),
         .target(name: "CFaultPKCS11", path: "Sources/CFaultPKCS11", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .testTarget(name: "FaultTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
+        // The deploy/ artifacts (manifests, unit, bootstrap script) agree with each other and with the README;
+        // the bootstrap script and a PKCS#11 proxy (p11-kit server) run for real.
+        .testTarget(name: "DeployTests", dependencies: [
+            "TestSupport", "GRPCTransport", "KMSProto", .product(name: "Yams", package: "Yams"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )
