@@ -32,8 +32,8 @@ struct BootstrapScriptTests {
             return env
         }
 
-        func run() throws -> Command.Result {
-            try Command.run("/bin/bash", [BootstrapScriptTests.script], environment: environment)
+        func run(_ extra: [String: String] = [:]) throws -> Command.Result {
+            try Command.run("/bin/bash", [BootstrapScriptTests.script], environment: environment.merging(extra) { _, b in b })
         }
 
         func mode(_ path: String) -> Int? {
@@ -99,6 +99,26 @@ struct BootstrapScriptTests {
         #expect(second.status != 0)
         #expect(second.stderr.contains("PIN file") && second.stderr.contains("missing"), "\(second.stderr)")
         #expect(!FileManager.default.fileExists(atPath: root.pinFile), "a new random PIN would not open the old token")
+    }
+
+    /// Control-plane nodes after the first run with P11KMS_CREATE_TOKEN=no: without a copy of the first node's
+    /// token they stop, rather than create a token (and a root key) of their own.
+    @Test func withoutCreateTokenAMissingTokenIsAnErrorAndNothingIsWritten() throws {
+        let root = try Root()
+        defer { try? FileManager.default.removeItem(at: root.folder) }
+        let refused = try root.run(["P11KMS_CREATE_TOKEN": "no"])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("P11KMS_CREATE_TOKEN=no"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: root.pinFile))
+        #expect(!FileManager.default.fileExists(atPath: root.soPINFile))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root.tokens).isEmpty)
+
+        // With a token present (here: made by a first run), "no" is the same as an ordinary second run.
+        let first = try root.run()
+        #expect(first.status == 0, "\(first.stderr)")
+        let again = try root.run(["P11KMS_CREATE_TOKEN": "no"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(again.stdout == first.stdout)
     }
 
     @Test func thePINsNeverAppearOnACommandLine() throws {

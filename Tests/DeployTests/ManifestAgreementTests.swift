@@ -99,6 +99,7 @@ struct ManifestAgreementTests {
         #expect(initContainer.command == [installed])
         #expect(dockerfile.contains("NOT BUILT BY CI"))
         #expect(initContainer.environment["P11KMS_TOKEN_LABEL"] ?? Canonical.tokenLabel == pod.plugin.flag("token-label"))
+        #expect(["yes", "no"].contains(initContainer.environment["P11KMS_CREATE_TOKEN"]), "the manifest says whether this node creates the token")
         for path in [Canonical.pinFile, Canonical.softHSMConf, Canonical.tokenDirectory] {
             #expect(pod.hostPath(of: path, in: initContainer) == path, "\(path) in the init container")
             #expect(initContainer.mount(covering: path)?.readOnly == false, "the init container writes \(path)")

@@ -9,6 +9,10 @@ import TestSupport
 /// must work, and what it does not must fail loudly, never as a healthy plugin. deploy/hsm/README.md documents it.
 @Suite("p11-kit proxy", .enabled(if: P11KitProxy.available))
 struct P11KitProxyTests {
+    /// What p11kms reports through p11-kit 0.24 (quoted in deploy/hsm/README.md, which a test keeps in step).
+    static let measuredInitError = "init failed: token error: C_EncryptInit failed: CKR_MECHANISM_INVALID"
+    static let measuredHealthz = "token check failed: token error: C_EncryptInit failed: CKR_MECHANISM_INVALID"
+
     @Test func whatTheProxyForwardsWorksAndAESGCMFailsLoudly() throws {
         let proxy = try P11KitProxy(name: "p11kit")
         defer { proxy.stop() }
@@ -31,7 +35,7 @@ struct P11KitProxyTests {
             #expect(viaProxy.first?["state"] as? String == "current")
         } else {
             #expect(initialized.status == 1)
-            #expect(initialized.stderr.contains("C_EncryptInit failed: CKR_MECHANISM_INVALID"), "\(initialized.stderr)")
+            #expect(initialized.stderr.contains(Self.measuredInitError), "\(initialized.stderr)")
             #expect(initialized.stdout.isEmpty)
             #expect(viaProxy.first?["state"] as? String == "pending", "an unverified key is never made current")
         }
@@ -74,7 +78,7 @@ struct P11KitProxyTests {
             let sealed = try client.encrypt(Array(repeating: 7, count: 32))
             #expect(try client.decrypt(sealed.ciphertext, keyID: sealed.keyID, annotations: sealed.annotations) == Array(repeating: 7, count: 32))
         } else {
-            #expect(status.healthz == "token check failed: token error: C_EncryptInit failed: CKR_MECHANISM_INVALID")
+            #expect(status.healthz == Self.measuredHealthz)
             #expect(statusCommand.status == 1)
             #expect(statusCommand.stdout.contains("CKR_MECHANISM_INVALID"), "\(statusCommand.stdout)")
             #expect(throws: GRPCStatus.self) { try client.encrypt(Array(repeating: 7, count: 32)) }

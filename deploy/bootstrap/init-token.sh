@@ -19,6 +19,9 @@
 #   P11KMS_BIN          /usr/local/bin/p11kms
 #   P11KMS_TOKEN_LABEL  p11kms
 #   P11KMS_MODULE       /usr/lib/softhsm/libsofthsm2.so
+#   P11KMS_CREATE_TOKEN yes                          "no": fail instead of creating a missing token. Use it on every
+#                                                    control-plane node but the first: they must hold a copy of the
+#                                                    first node's token (the same root keys), never a token of their own.
 #   PKCS11_TOOL         pkcs11-tool                  (Debian package opensc)
 #
 # Only for SoftHSM: a vendor HSM's partition and PIN are set up with the vendor's tools (deploy/hsm/README.md);
@@ -30,6 +33,7 @@ state=${P11KMS_STATE:-/var/lib/p11kms}
 bin=${P11KMS_BIN:-/usr/local/bin/p11kms}
 label=${P11KMS_TOKEN_LABEL:-p11kms}
 module=${P11KMS_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+create=${P11KMS_CREATE_TOKEN:-yes}
 tool=${PKCS11_TOOL:-pkcs11-tool}
 
 conf=$etc/softhsm2.conf
@@ -91,6 +95,7 @@ if has_token; then
   chmod 0400 "$pin_file"
   say "token '$label' exists"
 else
+  [ "$create" = yes ] || die "the token '$label' is not in $tokens and P11KMS_CREATE_TOKEN=$create: copy $etc and $tokens from the node that holds the token"
   [ -s "$pin_file" ] || write_pin "$pin_file"
   [ -s "$so_pin_file" ] || write_pin "$so_pin_file"
   chmod 0400 "$pin_file" "$so_pin_file"
