@@ -53,13 +53,32 @@ final class P11KitProxy: @unchecked Sendable {
         try server.run()
         self.server = server
         let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: proxySocket) {
+        while !Self.accepts(proxySocket) {
             guard server.isRunning, Date() < deadline else {
                 stop()
-                throw FixtureError("p11-kit server did not create its socket: \(self.log)")
+                throw FixtureError("p11-kit server does not accept connections on its socket: \(self.log)")
             }
             usleep(20_000)
         }
+    }
+
+    /// Whether something accepts connections on the unix socket at `path`.
+    static func accepts(_ path: String) -> Bool {
+        guard FileManager.default.fileExists(atPath: path) else { return false }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            buffer.copyBytes(from: bytes + [0])
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return result == 0
     }
 
     deinit {
