@@ -90,6 +90,11 @@ let package = Package(
         ),
         .target(name: "CFaultPKCS11", path: "Sources/CFaultPKCS11", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .testTarget(name: "FaultTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
+        // The deploy/ artifacts (manifests, unit, bootstrap script) agree with each other and with the README;
+        // the bootstrap script and a PKCS#11 proxy (p11-kit server) run for real.
+        .testTarget(name: "DeployTests", dependencies: [
+            "TestSupport", "GRPCTransport", "KMSProto", .product(name: "Yams", package: "Yams"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -61,7 +61,9 @@ public final class PluginProcess: @unchecked Sendable {
     public func start(_ extraArguments: [String] = [], environment extra: [String: String] = [:], waitHealthy: Bool = true) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: PluginProcess.executable)
-        process.arguments = ["serve", "--listen", listen] + tokenArguments + extraArguments
+        // Many plugins run at once in tests: an ephemeral HTTP port unless the test picks one.
+        let http = extraArguments.contains("--http-listen") || extraArguments.contains("--config") ? [] : ["--http-listen", "127.0.0.1:0"]
+        process.arguments = ["serve", "--listen", listen] + tokenArguments + http + extraArguments
         process.environment = environment.merging(extra) { _, b in b }
         if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))

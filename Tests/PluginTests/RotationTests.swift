@@ -126,7 +126,7 @@ struct RotationTests {
         let secondSocket = first.hsm.root.appendingPathComponent("second.sock").path
         let second = Process()
         second.executableURL = URL(fileURLWithPath: PluginProcess.executable)
-        second.arguments = ["serve", "--listen", "unix://\(secondSocket)"] + first.tokenArguments
+        second.arguments = ["serve", "--listen", "unix://\(secondSocket)", "--http-listen", "off"] + first.tokenArguments
         second.environment = first.environment
         second.standardError = FileHandle.nullDevice
         try second.run()
