@@ -41,7 +41,10 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "P11KMSBench", dependencies: [
-            "GRPCTransport", "KMSProto", "KeyService", "PKCS11", "CPKCS11",
+            "GRPCTransport", "KMSProto", "KeyService", "PKCS11", "CPKCS11", "KMSServer",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .target(name: "TestSupport", dependencies: [

@@ -27,4 +27,4 @@ softhsm2-util --init-token --free --label bench --so-pin so-pin-0 --pin "$(cat "
 echo $! > "$work/pid"
 for _ in $(seq 1 100); do [ -S "$work/kms.sock" ] && break; sleep 0.1; done
 "$bin/P11KMSBench" --listen "unix://$work/kms.sock" --token-label bench --pin-file "$work/pin" \
-  --threads "$threads" --seconds "$seconds" --plugin-pid "$(cat "$work/pid")"
+  --threads "$threads" --seconds "$seconds" --plugin-pid "$(cat "$work/pid")" --phases "${BENCH_PHASES:-raw,envelope,status,encrypt,decrypt,roundtrip}"

@@ -10,8 +10,12 @@ import CPKCS11
 import Foundation
 import GRPCTransport
 import KMSProto
+import KMSServer
 import KeyService
+import Logging
+import Metrics
 import PKCS11
+import Prometheus
 
 GRPCRuntime.blockSignalsBeforeInit()
 
@@ -31,6 +35,7 @@ let seconds = Double(options["seconds"] ?? "5") ?? 5
 let listen = options["listen"] ?? "unix:///tmp/p11kms.sock"
 let socketPath = listen.hasPrefix("unix://") ? String(listen.dropFirst(7)) : String(listen.dropFirst(5))
 let pluginPID = options["plugin-pid"].flatMap { Int32($0) }
+let phases = Set((options["phases"] ?? "raw,envelope,status,encrypt,decrypt,roundtrip").split(separator: ",").map(String.init))
 
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("p11kms-bench: \(message)\n".utf8))
@@ -62,7 +67,7 @@ print(String(format: "%-34@ %10@ %9@ %9@ %8@ %6@ %7@", "operation" as NSString, 
 let seed = SecureRandom.bytes(32)
 let aad = Array("p11kms bench".utf8)
 let cpu0 = selfCPU()
-let raw = measure("pkcs11 in-process gcm pair", threads: threads, seconds: seconds) { _ in
+let raw = !phases.contains("raw") ? nil : measure("pkcs11 in-process gcm pair", threads: threads, seconds: seconds) { _ in
     let iv = SecureRandom.bytes(12)
     let opened = try? token.withSession { (session) throws(PKCS11Error) -> [UInt8] in
         guard let handle = try ring.handle(of: current.id, in: session) else { throw PKCS11Error(.object("no key")) }
@@ -71,14 +76,40 @@ let raw = measure("pkcs11 in-process gcm pair", threads: threads, seconds: secon
     }
     return opened == seed
 }
-report(raw, cpu: (selfCPU() - cpu0) / Double(max(1, raw.operations)) * 1e6, rss: nil)
+if let raw { report(raw, cpu: (selfCPU() - cpu0) / Double(max(1, raw.operations)) * 1e6, rss: nil) }
 
-let envelope = measure("envelope in-process enc+dec pair", threads: threads, seconds: seconds) { _ in
-    guard let (ciphertext, key) = try? service.encrypt(seed),
-          let opened = try? service.decrypt(ciphertext, expectedKeyID: key.keyID) else { return false }
-    return opened.plaintext == seed
+if phases.contains("envelope") {
+    let envelope = measure("envelope in-process enc+dec pair", threads: threads, seconds: seconds) { _ in
+        guard let (ciphertext, key) = try? service.encrypt(seed),
+              let opened = try? service.decrypt(ciphertext, expectedKeyID: key.keyID) else { return false }
+        return opened.plaintext == seed
+    }
+    report(envelope, cpu: nil, rss: nil)
 }
-report(envelope, cpu: nil, rss: nil)
+
+if phases.contains("handler") {
+    // The KMS v2 handlers in this process (protobuf, validation, metrics into a Prometheus registry), no gRPC.
+    MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: PrometheusCollectorRegistry()))
+    let health = HealthMonitor(service: service)
+    let v2 = KMSv2Service(service: service, health: health, logger: Logger(label: "bench"), metrics: KMSMetrics())
+    let handlers = v2.handlers
+    let encrypt = handlers[KMSv2Method.encrypt]!
+    let decrypt = handlers[KMSv2Method.decrypt]!
+    var request = V2_EncryptRequest()
+    request.plaintext = Data(seed)
+    let requestBytes: [UInt8] = (try? request.serializedBytes()) ?? []
+    let context = ServerCallContext(method: KMSv2Method.encrypt, metadata: [], deadline: nil)
+    let run = measure("kms v2 handlers in-process pair", threads: threads, seconds: seconds) { _ in
+        guard let bytes = try? encrypt(requestBytes, context), let response = try? V2_EncryptResponse(serializedBytes: bytes) else { return false }
+        var d = V2_DecryptRequest()
+        d.ciphertext = response.ciphertext
+        d.keyID = response.keyID
+        guard let dBytes: [UInt8] = try? d.serializedBytes(), let out = try? decrypt(dBytes, context),
+              let plain = try? V2_DecryptResponse(serializedBytes: out) else { return false }
+        return Array(plain.plaintext) == seed
+    }
+    report(run, cpu: nil, rss: nil)
+}
 
 // MARK: over the socket
 let client: GRPCClient
@@ -98,7 +129,8 @@ decryptRequest.uid = "bench"
 let decryptBytes: [UInt8] = (try? decryptRequest.serializedBytes()) ?? []
 
 @discardableResult
-func overSocket(_ name: String, _ body: @escaping @Sendable (Int) -> Bool) -> Run {
+func overSocket(_ name: String, _ body: @escaping @Sendable (Int) -> Bool) -> Run? {
+    guard phases.contains(name.split(separator: " ").dropFirst().first.map { $0.lowercased() }.map { $0.hasPrefix("encrypt+") ? "roundtrip" : $0 } ?? "") else { return nil }
     let before = pluginPID.flatMap(ProcessSample.read)
     let run = measure(name, threads: threads, seconds: seconds, body)
     let after = pluginPID.flatMap(ProcessSample.read)
@@ -123,7 +155,9 @@ let roundTrip = overSocket("socket Encrypt+Decrypt round trip") { _ in
     return Array(plain.plaintext) == seed
 }
 
-print(String(format: "round trips over the socket reach %.0f%% of the raw in-process pair rate", roundTrip.rate / raw.rate * 100))
+if let roundTrip, let raw {
+    print(String(format: "round trips over the socket reach %.0f%% of the raw in-process pair rate", roundTrip.rate / raw.rate * 100))
+}
 if let pid = pluginPID, let sample = ProcessSample.read(pid: pid) {
     print(String(format: "plugin memory: rss %.1f MiB, peak %.1f MiB", Double(sample.rssKiB) / 1024, Double(sample.hwmKiB) / 1024))
 }
