@@ -50,8 +50,9 @@ public final class EnvelopeService: Sendable {
         }
         let key = try knownKey(envelope.keyID)
         // A retired key is refused by the token itself (CKA_DECRYPT is cleared), which is the authority: the cached
-        // state may lag behind a 'p11kms restore' by up to one refresh interval.
-        if key.state == .pending { throw .invalid("unknown key_id \(key.keyID)") }
+        // state may lag behind a 'p11kms restore' by up to one refresh interval. A pending key (staged or left by an
+        // interrupted rotation) was verified before anything could use it and may decrypt: during a staged rotation
+        // across token copies, another node may already have made it current.
         do throws(KMSError) {
             return (try open(envelope), key)
         } catch let error where error.code != .invalidArgument {

@@ -44,14 +44,18 @@ extension KeyRing {
     /// AES-GCM round trip, and only then relabelled, which makes it current (the newest non-retired key). Killed at
     /// any instant, the token holds exactly one current key (the old or the new one); running `rotate` again
     /// finishes a verified pending key instead of generating another. Nothing is ever deleted.
-    public func rotate(now: Int = Int(time(nil))) throws(KMSError) -> RootKey {
+    ///
+    /// With `stageOnly`, the new key is left pending: it is in the token and can already decrypt, but is not current.
+    /// That is the first half of a rotation across several token copies (SoftHSM on several control-plane nodes):
+    /// stage, copy the token to every node, then run `rotate` on each copy, which promotes the staged key.
+    public func rotate(now: Int = Int(time(nil)), stageOnly: Bool = false) throws(KMSError) -> RootKey {
         do throws(PKCS11Error) {
             let id = try token.withSession { (session) throws(PKCS11Error) -> RootKeyID in
                 let existing = try KeyRing.readKeys(session)
                 if let pending = existing.last(where: { $0.key.state == .pending }),
                    pending.key.generation > (existing.filter { $0.key.state != .pending }.map(\.key.generation).max() ?? 0),
                    (try? KeyRing.verify(pending.handle, session: session)) == true {
-                    try KeyRing.promote(pending.key, handle: pending.handle, session: session)
+                    if !stageOnly { try KeyRing.promote(pending.key, handle: pending.handle, session: session) }
                     return pending.key.id
                 }
                 let generation = (existing.map(\.key.generation).max() ?? 0) + 1
@@ -63,7 +67,7 @@ extension KeyRing {
                     throw PKCS11Error(.object("the new root key failed its AES-GCM self-test; it was left pending"))
                 }
                 let key = RootKey(id: id, label: pendingLabel, generation: generation, createdAt: now, state: .pending)
-                try KeyRing.promote(key, handle: handle, session: session)
+                if !stageOnly { try KeyRing.promote(key, handle: handle, session: session) }
                 return id
             }
             try refresh()

@@ -39,9 +39,22 @@ struct Rotate: ParsableCommand {
 
     @OptionGroup var token: TokenOptions
 
+    @Flag(help: "Generate and verify the new key but leave it pending (not current): for copying the token to other nodes first. A later plain 'rotate' makes it current.")
+    var stage = false
+
     func run() throws {
         let ring = try openKeyRing(token)
         let previous = ring.current
+        if stage {
+            do {
+                let key = try ring.rotate(stageOnly: true)
+                FileHandle.standardError.write(Data("staged \(key.keyID) (\(key.state.rawValue)); current is still \(previous?.keyID ?? "none"). Copy the token to every node, then run 'p11kms rotate' on each.\n".utf8))
+                print(key.keyID)
+            } catch {
+                fail("rotate --stage failed: \(error)")
+            }
+            return
+        }
         do {
             let key = try ring.rotate()
             FileHandle.standardError.write(Data("rotated: \(previous?.keyID ?? "none") -> \(key.keyID) (\(key.label))\n".utf8))

@@ -233,6 +233,61 @@ struct RotationTests {
         try checkInvariants("final")
     }
 
+    @Test("staged rotation across two copies of a SoftHSM token (two control-plane nodes): no node ever fails to decrypt")
+    func stagedAcrossCopies() throws {
+        let nodeA = try PluginProcess(name: "node-a")
+        try nodeA.start()
+        let a = try nodeA.client()
+        let oldKey = nodeA.initialKeyID
+        // Stage on node A: the new key is pending, the current key does not change; staging again is idempotent.
+        let staged = try nodeA.run(["rotate", "--stage"] + nodeA.tokenArguments)
+        #expect(staged.status == 0)
+        let stagedID = staged.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try nodeA.run(["rotate", "--stage"] + nodeA.tokenArguments).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == stagedID)
+        let listing = try nodeA.keys()
+        #expect(listing.keys.first { $0.key_id == stagedID }?.state == "pending")
+        #expect(listing.current.map(\.key_id) == [oldKey])
+        usleep(2_500_000)
+        #expect(try a.status().keyID == oldKey)
+
+        // Copy the token to node B (same label and PIN), as an admin would before promoting.
+        let nodeB = try PluginProcess(name: "node-b", initialize: false)
+        try FileManager.default.removeItem(at: nodeB.hsm.tokenDirectory)
+        try FileManager.default.copyItem(at: nodeA.hsm.tokenDirectory, to: nodeB.hsm.tokenDirectory)
+        let serveB = Process()
+        serveB.executableURL = URL(fileURLWithPath: PluginProcess.executable)
+        serveB.arguments = ["serve", "--listen", nodeB.listen, "--token-label", nodeA.tokenLabel, "--pin-file", nodeA.pinFile, "--http-listen", "off"]
+        serveB.environment = nodeB.environment
+        serveB.standardError = FileHandle.nullDevice
+        try serveB.run()
+        ChildProcesses.register(serveB.processIdentifier)
+        defer { serveB.terminate(); serveB.waitUntilExit() }
+        var bClient: KMSClient?
+        for _ in 0..<100 where bClient == nil {
+            if let client = try? KMSClient(socketPath: nodeB.socketPath), (try? client.status().healthz) == "ok" { bClient = client }
+            usleep(50_000)
+        }
+        let b = try #require(bClient)
+        #expect(try b.status().keyID == oldKey)
+
+        // Promote on node A first: A wraps under the new key, and B (where it is still pending) decrypts it.
+        #expect(try nodeA.rotate() == stagedID)
+        _ = try nodeA.waitForKey(stagedID, client: a)
+        let seed = randomBytes(32)
+        let fromA = try a.encrypt(seed)
+        #expect(fromA.keyID == stagedID)
+        #expect(try b.decrypt(fromA.ciphertext, keyID: stagedID) == seed)
+        let fromB = try b.encrypt(seed)
+        #expect(fromB.keyID == oldKey)
+        #expect(try a.decrypt(fromB.ciphertext, keyID: oldKey) == seed)
+
+        // Then on node B's copy: same key_id everywhere.
+        let promoteB = try Command.run(PluginProcess.executable, ["rotate", "--token-label", nodeA.tokenLabel, "--pin-file", nodeA.pinFile],
+                                       environment: nodeB.environment)
+        #expect(promoteB.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == stagedID)
+        _ = try nodeA.waitForKey(stagedID, client: b)
+    }
+
     @Test("--status-version v2beta1 for 1.27-1.28 apiservers")
     func v2beta1() throws {
         let plugin = try PluginProcess(name: "beta")
