@@ -162,6 +162,29 @@ struct OperationsTests {
         #expect(!FileManager.default.fileExists(atPath: plugin.socketPath))
     }
 
+    @Test("SIGTERM lets an in-flight call finish (bounded drain), then removes the socket")
+    func gracefulDrain() async throws {
+        let plugin = try PluginProcess(name: "drain")
+        let root = try TemporaryDirectory.make(prefix: "drain-plan")
+        let plan = root.appendingPathComponent("plan").path
+        _ = FileManager.default.createFile(atPath: plan, contents: Data())
+        // The token answers C_Encrypt only after 1.5 s: the call is in flight when SIGTERM arrives.
+        try plugin.start(["--module", FaultModule.path, "--shutdown-grace", "5"],
+                         environment: ["FAULTPKCS11_MODULE": SoftHSMFixture.modulePath, "FAULTPKCS11_CONTROL": plan])
+        try "delay C_Encrypt 1500\n".write(toFile: plan, atomically: true, encoding: .utf8)
+        let client = try plugin.client()
+        let seed = randomBytes(32)
+        async let slow: Result<String, any Error> = Blocking.run { Result { try client.encrypt(seed).keyID } }
+        usleep(400_000)
+        let pid = try #require(plugin.process?.processIdentifier)
+        kill(pid, SIGTERM)
+        let keyID = try await slow.get()
+        #expect(keyID == plugin.initialKeyID)
+        #expect(plugin.stop() == 0)
+        #expect(!FileManager.default.fileExists(atPath: plugin.socketPath))
+        #expect(plugin.log.contains("shutting down") && plugin.log.contains("stopped"))
+    }
+
     @Test("settings: flags beat environment beat the config file; --print-config redacts the PIN")
     func configuration() throws {
         let plugin = try PluginProcess(name: "config")
