@@ -37,6 +37,21 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        .target(
+            name: "GRPCTransport",
+            dependencies: [
+                "CGRPC",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "GRPCTransportBench",
+            dependencies: ["GRPCTransport"]
+        ),
+        .testTarget(
+            name: "GRPCTransportTests",
+            dependencies: ["GRPCTransport"]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
