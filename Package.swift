@@ -4,16 +4,31 @@ import PackageDescription
 let package = Package(
     name: "p11kms",
     platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "p11kms", targets: ["p11kms"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(name: "CGRPC", path: "Sources/CGRPC"),
         .systemLibrary(name: "CPKCS11", path: "Sources/CPKCS11"),
         .target(name: "PKCS11", dependencies: ["CPKCS11"]),
         .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
+        .target(name: "KMSServer", dependencies: [
+            "GRPCTransport", "KeyService", "KMSProto",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
+        .executableTarget(name: "p11kms", dependencies: [
+            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "TestSupport", path: "Sources/TestSupport"),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
         // Generated message types for the KMS plugin APIs (v2, v1beta1) and

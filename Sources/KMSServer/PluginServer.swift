@@ -1,0 +1,94 @@
+import GRPCTransport
+import KeyService
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the plugin serves.
+public struct PluginConfiguration: Sendable {
+    public var listen: SocketAddress
+    /// Mode of the socket file; 0600 by default (only the apiserver's user may connect).
+    public var socketMode: mode_t = 0o600
+    public var socketGroup: String?
+    public var statusVersion: KMSv2Service.StatusVersion = .v2
+    /// Serve KMS v1 (`v1beta1`) on the same socket.
+    public var enableV1 = true
+    public var completionQueueThreads = 1
+    /// Threads that run requests (PKCS#11 calls block; they never run on Swift's cooperative pool).
+    public var workerThreads = 4
+    /// How long in-flight calls may take to finish on shutdown.
+    public var shutdownGrace: Duration = .seconds(5)
+
+    public init(listen: SocketAddress) {
+        self.listen = listen
+    }
+}
+
+/// The KMS plugin on its socket: the gRPC server with the v2 (and v1) services, the socket policy and the health
+/// monitor, started and stopped together.
+public final class PluginServer: Sendable {
+    public let configuration: PluginConfiguration
+    public let health: HealthMonitor
+    private let server: GRPCServer
+    private let logger: Logger
+    private let state = Mutex<(started: Bool, stopped: Bool, inode: ino_t?)>((false, false, nil))
+
+    public init(configuration: PluginConfiguration, service: EnvelopeService, health: HealthMonitor,
+                metrics: KMSMetrics, logger: Logger, runtimeVersion: String) {
+        self.configuration = configuration
+        self.health = health
+        self.logger = logger
+        var handlers = KMSv2Service(service: service, health: health, statusVersion: configuration.statusVersion,
+                                    logger: logger, metrics: metrics).handlers
+        if configuration.enableV1 {
+            handlers.merge(KMSv1Service(service: service, health: health, runtimeVersion: runtimeVersion,
+                                        logger: logger, metrics: metrics).handlers) { a, _ in a }
+        }
+        var grpc = GRPCServerConfiguration(address: configuration.listen.grpcAddress)
+        grpc.completionQueueThreads = configuration.completionQueueThreads
+        grpc.workerThreads = configuration.workerThreads
+        server = GRPCServer(configuration: grpc, handlers: handlers)
+    }
+
+    /// Checks the socket path, binds with a restrictive umask, applies the configured mode and starts the health
+    /// probe.
+    public func start() throws(ServeError) {
+        try SocketPolicy.prepare(configuration.listen)
+        // No window in which the socket exists with a looser mode than configured.
+        let previous = umask(0o177)
+        do throws(GRPCStatus) {
+            try server.start()
+        } catch {
+            umask(previous)
+            throw ServeError("cannot listen on \(configuration.listen): \(error.message)")
+        }
+        umask(previous)
+        try SocketPolicy.applyPermissions(configuration.listen, mode: configuration.socketMode, group: configuration.socketGroup)
+        let inode = SocketPolicy.inode(configuration.listen)
+        state.withLock { $0.started = true; $0.inode = inode }
+        health.start()
+        logger.info("serving", metadata: [
+            "listen": "\(configuration.listen)",
+            "socket_mode": "\(String(configuration.socketMode, radix: 8))",
+            "status_version": "\(configuration.statusVersion.rawValue)",
+            "kms_v1": "\(configuration.enableV1)",
+        ])
+    }
+
+    /// Stops accepting calls, lets in-flight calls finish (bounded by `shutdownGrace`), stops the probe and
+    /// removes the socket. Idempotent.
+    public func shutdown() {
+        let (run, inode) = state.withLock { s -> (Bool, ino_t?) in
+            let run = s.started && !s.stopped
+            s.stopped = true
+            return (run, s.inode)
+        }
+        guard run else { return }
+        server.shutdown(gracePeriod: configuration.shutdownGrace)
+        health.stop()
+        SocketPolicy.remove(configuration.listen, inode: inode)
+        logger.info("stopped", metadata: ["listen": "\(configuration.listen)"])
+    }
+}

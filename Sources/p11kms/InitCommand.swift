@@ -1,0 +1,29 @@
+import ArgumentParser
+import Foundation
+import KeyService
+import PKCS11
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create the first root key in the token if it has none (idempotent); prints the current key_id.")
+
+    @OptionGroup var token: TokenOptions
+
+    func run() throws {
+        let configuration = try token.resolved()
+        let tokenHandle = Token(configuration: configuration)
+        do {
+            try tokenHandle.connect()
+        } catch {
+            fail("cannot open the token: \(error)")
+        }
+        let ring = KeyRing(token: tokenHandle)
+        do {
+            let (key, created) = try ring.initialize()
+            FileHandle.standardError.write(Data((created ? "created root key \(key.label)\n" : "the token already has a current root key (\(key.label))\n").utf8))
+            print(key.keyID)
+        } catch {
+            fail("init failed: \(error)")
+        }
+    }
+}
