@@ -12,6 +12,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        // Tests only (TestSupport): HKDF and AES-GCM to store Secrets exactly as kube-apiserver does.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CGRPC", path: "Sources/CGRPC"),
@@ -25,11 +27,24 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .executableTarget(name: "p11kms", dependencies: [
-            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto",
+            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "TestSupport", path: "Sources/TestSupport"),
+        // etcd KV client subset, storage-format classifier and report for `p11kms audit`; no PKCS#11.
+        .target(name: "EtcdAudit", dependencies: [
+            "GRPCTransport", "EtcdProto", "KMSProto",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
+        .target(name: "TestSupport", dependencies: [
+            "GRPCTransport", "KMSProto", "EtcdProto",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], path: "Sources/TestSupport"),
+        .testTarget(name: "EtcdAuditTests", dependencies: [
+            "EtcdAudit", "TestSupport", "EtcdProto", "KMSProto", "GRPCTransport",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
         // Generated message types for the KMS plugin APIs (v2, v1beta1) and
         // the apiserver's EncryptedObject. Regenerate with
