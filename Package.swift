@@ -45,6 +45,10 @@ let package = Package(
             "EtcdAudit", "TestSupport", "EtcdProto", "KMSProto", "GRPCTransport",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
+        .testTarget(name: "PluginTests", dependencies: [
+            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
         // Generated message types for the KMS plugin APIs (v2, v1beta1) and
         // the apiserver's EncryptedObject. Regenerate with

@@ -49,14 +49,9 @@ public final class EnvelopeService: Sendable {
             throw .invalid("key_id does not match the key that produced the ciphertext")
         }
         let key = try knownKey(envelope.keyID)
-        switch key.state {
-        case .retired:
-            throw KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
-        case .pending:
-            throw .invalid("unknown key_id \(key.keyID)")
-        case .current, .active:
-            break
-        }
+        // A retired key is refused by the token itself (CKA_DECRYPT is cleared), which is the authority: the cached
+        // state may lag behind a 'p11kms restore' by up to one refresh interval.
+        if key.state == .pending { throw .invalid("unknown key_id \(key.keyID)") }
         do throws(KMSError) {
             let plaintext = try withKey(key.id) { (session, handle) throws(PKCS11Error) in
                 try session.decryptAESGCM(key: handle, iv: envelope.iv, aad: envelope.header, ciphertext: envelope.sealed)
