@@ -138,8 +138,12 @@ public final class EtcdClient: Sendable {
                 failures.append("\(endpoints[index].display): \(error.message)")
             }
         }
-        throw AuditError(.etcdUnavailable, "etcd is unreachable (\(failures.joined(separator: "; ")))",
-                         status: GRPCStatus(.unavailable, failures.joined(separator: "; ")))
+        var message = "etcd is unreachable (\(failures.joined(separator: "; ")))"
+        if endpoints.contains(where: \.secure) {
+            message += "; if etcd is running, check that --cacert is the CA of etcd's server certificate and that "
+                + "--cert/--key are a client certificate etcd trusts"
+        }
+        throw AuditError(.etcdUnavailable, message, status: GRPCStatus(.unavailable, failures.joined(separator: "; ")))
     }
 
     /// The auth token, fetched with Authenticate when missing or when `refresh` is set.

@@ -70,6 +70,8 @@ struct Audit: ParsableCommand {
     var list: Int = 50
 
     func run() throws {
+        // The gRPC core logs handshake failures to stderr itself; the audit reports them in its own message.
+        setenv("GRPC_VERBOSITY", "NONE", 0)
         let env = ProcessInfo.processInfo.environment
         guard format == "table" || format == "json" else { fail("--format must be table or json", code: 2) }
         guard let endpoints = (etcdEndpoints ?? env["P11KMS_ETCD_ENDPOINTS"]).map(Self.split), !endpoints.isEmpty else {
@@ -97,7 +99,7 @@ struct Audit: ParsableCommand {
         case .failure(let error): fail("audit could not run: \(error.message)", code: 2)
         }
         let output = format == "json" ? report.renderJSON() : report.renderTable(listLimit: max(0, list))
-        FileHandle.standardOutput.write(Data(output.utf8))
+        Self.writeStandardOutput(output)
         if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
     }
 
@@ -116,6 +118,19 @@ struct Audit: ParsableCommand {
         progress?.finish(report)
         etcd.close()
         return report
+    }
+
+    /// Writes everything, or stops quietly when the reader went away (`p11kms audit | head`).
+    static func writeStandardOutput(_ text: String) {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let written = bytes.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            bytes = bytes.dropFirst(written)
+        }
     }
 
     static func split(_ list: String) -> [String] {
