@@ -1,6 +1,6 @@
 // Measures `p11kms audit` on a local etcd holding 100,000 Secrets written as kube-apiserver writes them.
 //
-//   swift build -c release && .build/release/AuditBench [--secrets N] [--runs R] [--page-size P]
+//   swift build -c release && .build/release/AuditBench [--secrets N] [--runs R] [--page-size P] [--hold]
 //
 // (scripts/bench-audit.sh does both.) Starts its own etcd on loopback and its own plugin on a SoftHSM token,
 // loads the Secrets with parallel Puts, then times the release `p11kms audit` command end to end, and the
@@ -14,10 +14,16 @@ struct Settings {
     var secrets = 100_000
     var runs = 3
     var pageSize = 1000
+    /// Keep etcd and the plugin running after loading, for profiling by hand.
+    var hold = false
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
         while let flag = iterator.next() {
+            if flag == "--hold" {
+                hold = true
+                continue
+            }
             guard let value = iterator.next().flatMap(Int.init) else { fatalError("usage: AuditBench [--secrets N] [--runs R] [--page-size P]") }
             switch flag {
             case "--secrets": secrets = value
@@ -55,17 +61,22 @@ let old = try state()
 let staleCount = settings.secrets / 10
 let plainCount = settings.secrets / 20
 
+/// Writes Secrets `range` with parallel KV.Txn batches of 128 Puts.
 func load(_ range: Range<Int>, _ value: @Sendable (String, String, String) throws -> [UInt8]) throws {
     let failures = Mutex<[String]>([])
-    let written = Atomic<Int>(0)
     let start = ContinuousClock.now
-    DispatchQueue.concurrentPerform(iterations: 16) { worker in
-        for i in stride(from: range.lowerBound + worker, to: range.upperBound, by: 16) {
-            let namespace = "org\(i % 50)", name = "node-\(i)"
-            let key = APIServerWriter.key(namespace: namespace, name: name)
+    let chunks = stride(from: range.lowerBound, to: range.upperBound, by: EtcdClient.maxTxnOps).map {
+        $0..<min($0 + EtcdClient.maxTxnOps, range.upperBound)
+    }
+    DispatchQueue.concurrentPerform(iterations: 4) { worker in
+        for chunk in stride(from: worker, to: chunks.count, by: 4).map({ chunks[$0] }) {
             do {
-                try etcdClient.put(key: Array(key.utf8), value: try value(key, namespace, name))
-                written.add(1, ordering: .relaxed)
+                let pairs = try chunk.map { i -> (key: [UInt8], value: [UInt8]) in
+                    let namespace = "org\(i % 50)", name = "node-\(i)"
+                    let key = APIServerWriter.key(namespace: namespace, name: name)
+                    return (Array(key.utf8), try value(key, namespace, name))
+                }
+                try etcdClient.putAll(pairs)
             } catch {
                 failures.withLock { $0.append("\(error)") }
                 return
@@ -73,7 +84,7 @@ func load(_ range: Range<Int>, _ value: @Sendable (String, String, String) throw
         }
     }
     if let failure = failures.withLock({ $0.first }) { fatalError("load failed: \(failure)") }
-    log("  wrote \(written.load(ordering: .relaxed)) Secrets in \(String(format: "%.1f", seconds(since: start))) s")
+    log("  wrote \(range.count) Secrets in \(String(format: "%.1f", seconds(since: start))) s")
 }
 
 log("loading \(settings.secrets) Secrets: \(staleCount) under the first key, then a rotation, \(plainCount) plaintext, the rest current")
@@ -90,6 +101,13 @@ try load(staleCount..<(staleCount + plainCount)) { _, ns, name in
 }
 try load((staleCount + plainCount)..<settings.secrets) { key, ns, name in
     try current.value(etcdKey: key, plaintext: APIServerWriter.secretProtobuf(namespace: ns, name: name, data: data))
+}
+
+if settings.hold {
+    print("etcd: \(etcd.endpoint)\nplugin: \(plugin.listen)\nprovider: hsm")
+    print("p11kms audit --etcd-endpoints \(etcd.endpoint) --listen \(plugin.listen) --provider hsm")
+    fflush(nil)
+    while true { sleep(3600) }
 }
 
 log("\nin-process scan (AuditRunner), page size \(settings.pageSize):")

@@ -101,7 +101,7 @@ public final class EtcdClient: Sendable {
     }
 
     /// Sends with the auth token (authenticating first when needed), failing over between endpoints.
-    private func send(_ method: String, _ request: [UInt8], authenticated: Bool) throws(AuditError) -> [UInt8] {
+    func send(_ method: String, _ request: [UInt8], authenticated: Bool) throws(AuditError) -> [UInt8] {
         var reauthenticated = false
         while true {
             var metadata: [(key: String, value: String)] = []

@@ -49,6 +49,67 @@ import TestSupport
         #expect(small.pages == (small.keys.count + 49) / 50)
     }
 
+    /// Many keys and small pages: the range is cut into windows; odd key bytes must not fall between them.
+    @Test func windowedScanCoversEveryKeyOnce() throws {
+        let etcd = try EtcdFixture()
+        let client = try EtcdClient(configuration: EtcdClientConfiguration(endpoints: [etcd.endpoint]))
+        var expected: [[UInt8]] = []
+        for i in 0..<1_500 {
+            expected.append(Array("/registry/secrets/org\(i % 13)/peer\(i)".utf8))
+            expected.append(Array("/registry/secrets/n\(i % 3)/\(i)".utf8))
+        }
+        let prefix = Array("/registry/secrets/".utf8)
+        expected += [prefix, prefix + [0], prefix + [0xff], prefix + [0xff, 0xff, 0x00], prefix + [0x7f, 0x80],
+                     prefix + Array("UPPER/x".utf8), prefix + [0x2e, 0x2f]]
+        expected += (0..<300).map { prefix + Array("same/\(String(repeating: "x", count: 40))\($0)".utf8) }
+        try client.putAll(expected.map { (key: $0, value: [1]) })
+        try client.put(key: Array("/registry/secrett".utf8), value: [1])
+        try client.put(key: Array("/registry/secrets".utf8), value: [1])
+
+        var seen: [[UInt8]] = []
+        var pages = 0
+        try client.scan(prefix: prefix, pageSize: 7) { page in
+            pages += 1
+            #expect(page.total == Int64(expected.count))
+            #expect(page.kvs.count <= 7)
+            seen += page.kvs.map { Array($0.key) }
+        }
+        #expect(seen.count == expected.count)
+        #expect(seen == expected.sorted { $0.lexicographicallyPrecedes($1) })
+        #expect(pages >= expected.count / 7)
+
+        // The windows partition the prefix range and stay near the target size.
+        let root = KeyBucket(prefix: prefix, low: 0, high: 256)
+        let (total, revision) = try client.count(root.start, root.end, revision: 0)
+        let windows = try client.plan(root, count: total, revision: revision, target: 100)
+        #expect(windows.reduce(0) { $0 + $1.count } == total)
+        for (a, b) in zip(windows, windows.dropFirst()) { #expect(!b.start.lexicographicallyPrecedes(a.end)) }
+        #expect(windows.filter { $0.count > 100 }.allSatisfy { $0.start.starts(with: Array("/registry/secrets/same/".utf8)) })
+    }
+
+    @Test func bucketsPartitionTheirRange() {
+        func checkPartition(_ parent: KeyBucket, _ children: [KeyBucket]) {
+            #expect(children.first?.start == parent.start || children.first.map { $0.prefix.count > parent.prefix.count } == true)
+            for (a, b) in zip(children, children.dropFirst()) { #expect(a.end == b.start) }
+        }
+        let root = KeyBucket(prefix: [0x61], low: 0, high: 256)
+        #expect(root.start == [0x61] && root.end == [0x62])
+        let children = root.children()
+        #expect(children.count == KeyBucket.nameBytes.count + 3)
+        #expect(children.first?.start == [0x61] && children.last?.end == [0x62])
+        checkPartition(root, children)
+        #expect(children.contains(KeyBucket(prefix: [0x61], low: 0x2f, high: 0x30)))
+        let gap = KeyBucket(prefix: [0x61], low: 0x3a, high: 0x61)
+        #expect(gap.children().count == 13)
+        #expect(gap.children().first?.start == gap.start && gap.children().last?.end == gap.end)
+        checkPartition(gap, gap.children())
+        let single = KeyBucket(prefix: [0x61], low: 0x62, high: 0x63)
+        #expect(single.children().first?.start == [0x61, 0x62])
+        #expect(single.children().last?.end == [0x61, 0x63])
+        let top = KeyBucket(prefix: [0xff], low: 0, high: 256)
+        #expect(top.end == [0])
+    }
+
     @Test func emptyRange() throws {
         let etcd = try EtcdFixture()
         let client = try EtcdClient(configuration: EtcdClientConfiguration(endpoints: [etcd.endpoint]))
