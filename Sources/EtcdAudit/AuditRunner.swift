@@ -56,6 +56,9 @@ public struct AuditRunner: Sendable {
             throw AuditError(.configuration, "the provider name must be non-empty and contain no ':'")
         }
         guard options.pageSize > 0 else { throw AuditError(.configuration, "the page size must be positive") }
+        for namespace in options.namespaces where namespace.isEmpty || namespace.contains("/") {
+            throw AuditError(.configuration, "\"\(namespace)\" is not a namespace name")
+        }
         let status = try plugin.status()
         guard !status.keyID.isEmpty else {
             throw AuditError(.pluginFailed, "the plugin at \(plugin.endpoint) reports no current key_id (healthz: \(status.healthz))")
@@ -63,6 +66,7 @@ public struct AuditRunner: Sendable {
 
         let clock = ContinuousClock()
         let started = clock.now
+        progress?(AuditProgress(phase: .scanning, done: 0, total: 0, elapsed: .zero))
         var scan = try scanEtcd { done, total in
             progress?(AuditProgress(phase: .scanning, done: done, total: total, elapsed: clock.now - started))
         }

@@ -61,8 +61,16 @@ public final class EtcdClient: Sendable {
 
     // MARK: KV
 
+    /// A serializable read at a revision the answering member has not applied yet (after a fail-over to a member
+    /// that lags) is retried as a linearizable one, which waits for it.
     public func range(_ request: Etcdserverpb_RangeRequest) throws(AuditError) -> Etcdserverpb_RangeResponse {
-        try call(EtcdMethod.range, request, as: Etcdserverpb_RangeResponse.self)
+        do {
+            return try call(EtcdMethod.range, request, as: Etcdserverpb_RangeResponse.self)
+        } catch where request.serializable && error.status?.code == .outOfRange && error.message.contains("future revision") {
+            var linearizable = request
+            linearizable.serializable = false
+            return try call(EtcdMethod.range, linearizable, as: Etcdserverpb_RangeResponse.self)
+        }
     }
 
     @discardableResult

@@ -54,7 +54,7 @@ import TestSupport
         #expect(noPlugin.stderr.contains("does not answer"), "\(noPlugin.stderr)")
 
         for (label, arguments) in [("format", ["--format", "xml"]), ("page size", ["--page-size", "0"]),
-                                   ("listen", ["--listen", "tcp://1.2.3.4:5"])] {
+                                   ("listen", ["--listen", "tcp://1.2.3.4:5"]), ("namespace", ["--namespace", "a/b"])] {
             let result = try world.cli(arguments)
             #expect(result.status == 2, "\(label): \(result.stderr)")
         }
