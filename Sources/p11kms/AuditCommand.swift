@@ -8,15 +8,15 @@ struct Audit: ParsableCommand {
         commandName: "audit",
         abstract: "Report which Secrets in etcd are encrypted, under which key, and which are not.",
         discussion: """
-        Reads every Secret under <prefix>/secrets/ straight from etcd (KV.Range, in pages, all at one revision) and
-        classifies its stored bytes: plaintext, current, stale, unknown-key, other-provider, kms-v1, local-key or
-        undecodable. The running plugin is asked over its socket which key is current (Status) and, with one Decrypt
-        per key_id found, which older keys it still holds; no PIN is needed. Plaintexts are never printed.
+        Reads every Secret under <prefix>/secrets/ straight from etcd (KV.Range, in pages, all at one revision) \
+        and classifies its stored bytes: plaintext, current, stale, unknown-key, other-provider, kms-v1, local-key \
+        or undecodable. The running plugin is asked over its socket which key is current (Status) and, with one \
+        Decrypt per key_id found, which older keys it still holds; no PIN is needed. Plaintexts are never printed.
 
-        --verify asks the plugin to unwrap every distinct data key of this provider's Secrets and lists those it
+        --verify asks the plugin to unwrap every distinct data key of this provider's Secrets and lists those it \
         cannot: run it after retiring a key to prove nothing still depends on it.
 
-        Exit status: 0 when every Secret is current (and verified, with --verify), 1 when any is not, 2 when the
+        Exit status: 0 when every Secret is current (and verified, with --verify), 1 when any is not, 2 when the \
         audit could not run (etcd or the plugin unreachable, bad certificates or flags).
         """)
 
@@ -47,7 +47,8 @@ struct Audit: ParsableCommand {
     @Option(help: ArgumentHelp("The KMS provider name in the EncryptionConfiguration (env P11KMS_PROVIDER).", valueName: "name"))
     var provider: String?
 
-    @Option(help: ArgumentHelp("The running plugin's socket (env P11KMS_LISTEN).", valueName: "address"))
+    @Option(help: ArgumentHelp("The running plugin's socket (env P11KMS_LISTEN; default unix:///var/run/kms/p11kms.sock).",
+                               valueName: "address"))
     var listen: String?
 
     @Option(name: .customLong("namespace"),
