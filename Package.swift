@@ -6,12 +6,17 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "p11kms", targets: ["p11kms"]),
+        // A fault-injecting PKCS#11 module for the recovery tests (libFaultPKCS11.so next to the test bundle).
+        .library(name: "FaultPKCS11", type: .dynamic, targets: ["CFaultPKCS11"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         // Tests only (TestSupport): HKDF and AES-GCM to store Secrets exactly as kube-apiserver does.
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
@@ -21,15 +26,28 @@ let package = Package(
         .target(name: "PKCS11", dependencies: ["CPKCS11"]),
         .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
         .target(name: "KMSServer", dependencies: [
-            "GRPCTransport", "KeyService", "KMSProto",
+            "GRPCTransport", "KeyService", "KMSProto", "PKCS11",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "p11kms", dependencies: [
             "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .executableTarget(name: "P11KMSBench", dependencies: [
+            "GRPCTransport", "KMSProto", "KeyService", "PKCS11", "CPKCS11", "KMSServer",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         // etcd KV client subset, storage-format classifier and report for `p11kms audit`; no PKCS#11.
         .target(name: "EtcdAudit", dependencies: [
@@ -88,6 +106,13 @@ let package = Package(
             name: "GRPCTransportTests",
             dependencies: ["GRPCTransport"]
         ),
+        .target(name: "CFaultPKCS11", path: "Sources/CFaultPKCS11", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
+        .testTarget(name: "FaultTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
+        // The deploy/ artifacts (manifests, unit, bootstrap script) agree with each other and with the README;
+        // the bootstrap script and a PKCS#11 proxy (p11-kit server) run for real.
+        .testTarget(name: "DeployTests", dependencies: [
+            "TestSupport", "GRPCTransport", "KMSProto", .product(name: "Yams", package: "Yams"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

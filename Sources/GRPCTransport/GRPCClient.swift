@@ -37,7 +37,9 @@ public final class GRPCClient: Sendable {
         if let authority = configuration.authority ?? (configuration.isUnix ? "localhost" : nil) {
             arguments.set(GRPC_ARG_DEFAULT_AUTHORITY, authority)
         }
-        let channel = arguments.withUnsafeArguments { grpc_channel_create(configuration.coreTarget, credentials, $0) }
+        let channel = GRPCRuntime.withSignalsBlocked {
+            arguments.withUnsafeArguments { grpc_channel_create(configuration.coreTarget, credentials, $0) }
+        }
         guard let channel else {
             GRPCRuntime.release()
             throw GRPCStatus(.invalidArgument, "the gRPC core could not create a channel to \(configuration.target)")
@@ -88,9 +90,12 @@ public final class GRPCClient: Sendable {
     ) throws(GRPCStatus) -> [UInt8] {
         let (channel, queue) = try checkOut()
         defer { checkIn(queue) }
-        return try UnaryCall.perform(
-            channel: channel.pointer, queue: queue.pointer, method: method, request: request,
-            metadata: metadata, timeout: timeout)
+        // The core may grow its thread pools from this thread: keep termination signals away from them.
+        return try GRPCRuntime.withSignalsBlocked { () throws(GRPCStatus) in
+            try UnaryCall.perform(
+                channel: channel.pointer, queue: queue.pointer, method: method, request: request,
+                metadata: metadata, timeout: timeout)
+        }
     }
 
     private func checkOut() throws(GRPCStatus) -> (channel: CHandle, queue: CHandle) {

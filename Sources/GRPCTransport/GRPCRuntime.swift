@@ -1,4 +1,6 @@
 import CGRPC
+import Logging
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -8,16 +10,18 @@ import Darwin
 
 /// Process-wide set-up of the gRPC C core.
 ///
-/// `grpc_init` starts background threads (timers, executors, event engine) and the core keeps
-/// creating threads lazily later on. Threads inherit the signal mask of the thread that creates them,
-/// so a process that handles SIGTERM/SIGINT with `sigwait`, a signalfd or a dispatch source must
-/// block those signals on the main thread *before* it creates the first `GRPCServer` or `GRPCClient`
-/// (call `blockSignalsBeforeInit()` first thing in `main`). Otherwise the kernel may deliver them to a
-/// gRPC thread, where the default action kills the process.
+/// `grpc_init` starts background threads (timers, executors), and the core keeps creating threads
+/// lazily later on (event-engine pools, timer managers) from whichever thread happens to call into
+/// it. Threads inherit the signal mask of the thread that creates them, so a process that handles
+/// SIGTERM/SIGINT with `sigwait`, a signalfd or a dispatch source must block those signals on the
+/// main thread *before* it creates the first `GRPCServer`, `GRPCClient` or any other thread (call
+/// `blockSignalsBeforeInit()` first thing in `main`). Otherwise the kernel may deliver them to a
+/// gRPC thread, where the default action kills the process without a graceful shutdown.
 ///
-/// As a second line of defence this module calls `grpc_init` from a helper thread that has the
-/// signals blocked, and every thread it creates itself (completion-queue and worker threads) starts
-/// with them blocked too. SIGPIPE is ignored process-wide on first use.
+/// As a second line of defence this module blocks those signals on the calling thread for the
+/// duration of every call into the core that may start threads (init, server start, channel
+/// creation, client calls), and every thread it creates itself starts with them blocked. SIGPIPE is
+/// ignored process-wide on first use.
 public enum GRPCRuntime {
     /// The signals blocked by default: termination requests and SIGPIPE.
     public static let defaultBlockedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2]
@@ -40,6 +44,20 @@ public enum GRPCRuntime {
         return true
     }()
 
+    /// Runs `body` with `defaultBlockedSignals` blocked on the calling thread, so threads the core
+    /// starts meanwhile inherit the mask; signals that arrive meanwhile stay pending until the
+    /// previous mask is restored.
+    @inline(__always)
+    static func withSignalsBlocked<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        var blocked = blockedSet
+        var previous = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        return try body()
+    }
+
+    static let blockedSet = signalSet(defaultBlockedSignals)
+
     static func signalSet(_ signals: [Int32]) -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
@@ -47,11 +65,35 @@ public enum GRPCRuntime {
         return set
     }
 
+    /// Sends the gRPC core's own log lines (by default printed to stderr) to `logger`, process-wide.
+    /// Core errors are logged at `.warning`: most are routine (a failed handshake, a refused bind
+    /// that `GRPCServer.start()` reports itself). Pass nil to go back to stderr.
+    public static func routeCoreLogs(to logger: Logger?) {
+        coreLogger.withLock { $0 = logger }
+        if logger == nil {
+            gpr_set_log_function(nil)
+            return
+        }
+        gpr_set_log_function { arguments in
+            guard let arguments, let logger = coreLogger.withLock({ $0 }) else { return }
+            let level: Logger.Level = switch arguments.pointee.severity {
+            case GPR_LOG_SEVERITY_ERROR: .warning
+            case GPR_LOG_SEVERITY_INFO: .info
+            default: .debug
+            }
+            guard logger.logLevel <= level else { return }
+            let message = arguments.pointee.message.map { String(cString: $0) } ?? ""
+            let file = arguments.pointee.file.map { String(cString: $0) } ?? "?"
+            logger.log(
+                level: level, "\(message)",
+                metadata: ["grpc_source": "\(file.split(separator: "/").last ?? "?"):\(arguments.pointee.line)"])
+        }
+    }
+
     /// Takes one reference on the C core library (`grpc_init`). Balanced by `release()`.
     static func retain() {
         ignoreSIGPIPE()
-        // Run grpc_init on a thread with the signals blocked: the threads it starts inherit that mask.
-        NativeThread.spawn(name: "grpc-init") { grpc_init() }.join()
+        withSignalsBlocked { grpc_init() }
     }
 
     /// Drops one reference on the C core library (`grpc_shutdown`); the last one tears it down.
@@ -59,6 +101,9 @@ public enum GRPCRuntime {
         grpc_shutdown()
     }
 }
+
+/// Where `GRPCRuntime.routeCoreLogs(to:)` sends core log lines.
+private let coreLogger = Mutex<Logger?>(nil)
 
 /// A C pointer that is shared across threads.
 ///
@@ -91,7 +136,7 @@ struct NativeThread: Sendable {
     /// Starts `body` on a new thread whose signal mask blocks `GRPCRuntime.defaultBlockedSignals`.
     static func spawn(name: String, _ body: @escaping @Sendable () -> Void) -> NativeThread {
         let context = Unmanaged.passRetained(Body(name: name, run: body)).toOpaque()
-        var blocked = GRPCRuntime.signalSet(GRPCRuntime.defaultBlockedSignals)
+        var blocked = GRPCRuntime.blockedSet
         var previous = sigset_t()
         pthread_sigmask(SIG_BLOCK, &blocked, &previous)
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
@@ -103,6 +148,7 @@ struct NativeThread: Sendable {
         #endif
         let result = pthread_create(&thread, nil, { argument in
             let body = Unmanaged<Body>.fromOpaque(argument!).takeRetainedValue()
+            setCurrentThreadName(body.name)
             body.run()
             return nil
         }, context)
@@ -117,4 +163,16 @@ struct NativeThread: Sendable {
     func join() {
         pthread_join(thread, nil)
     }
+}
+
+/// Names the calling thread (shown by `top -H`, `ps -L`, debuggers). `pthread_setname_np` is not
+/// visible to Swift without _GNU_SOURCE, so write the name where it ends up anyway. Best effort.
+private func setCurrentThreadName(_ name: String) {
+    #if os(Linux)
+    let descriptor = open("/proc/thread-self/comm", O_WRONLY)
+    guard descriptor >= 0 else { return }
+    defer { close(descriptor) }
+    let bytes = Array(name.utf8.prefix(15))
+    _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+    #endif
 }

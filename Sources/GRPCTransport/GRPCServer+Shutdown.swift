@@ -22,7 +22,7 @@ extension GRPCServer {
             case .stopped:
                 return
             case .running(let running):
-                Self.stop(running, gracePeriod: gracePeriod, counters: counters)
+                GRPCRuntime.withSignalsBlocked { Self.stop(running, gracePeriod: gracePeriod, counters: counters) }
                 state = .stopped
             }
         }

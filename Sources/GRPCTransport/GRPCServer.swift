@@ -59,14 +59,14 @@ public final class GRPCServer: Sendable {
     /// The gRPC core removes an existing file at a unix socket path before binding, even if a live
     /// server is listening there; checking for that is the caller's job, as is setting permissions.
     public func start() throws(GRPCStatus) {
-        try configuration.validate()
+        try configuration.validate(methods: handlers.keys)
         try state.withLock { (state: inout State) throws(GRPCStatus) -> Void in
             switch state {
             case .idle: break
             case .running: throw GRPCStatus(.failedPrecondition, "the server is already running")
             case .stopped: throw GRPCStatus(.failedPrecondition, "the server has been shut down; create a new one")
             }
-            state = .running(try launch())
+            state = .running(try GRPCRuntime.withSignalsBlocked { () throws(GRPCStatus) in try launch() })
         }
     }
 
@@ -97,7 +97,10 @@ public final class GRPCServer: Sendable {
             methods.append(ServerRuntime.Method(name: name, handle: CHandle(handle), handler: handler))
         }
 
-        let credentials = grpc_insecure_server_credentials_create()
+        guard let credentials = configuration.makeCredentials() else {
+            Self.abandon(server: server, queues: queues, names: methodNames)
+            throw GRPCStatus(.invalidArgument, "the gRPC core could not create the server's TLS credentials")
+        }
         let port = grpc_server_add_http2_port(server, configuration.coreAddress, credentials)
         grpc_server_credentials_release(credentials)
         guard port != 0 else {
@@ -136,7 +139,8 @@ public final class GRPCServer: Sendable {
     private func bindFailureMessage() -> String {
         let prefix = "could not listen on \(configuration.address)"
         guard let path = configuration.unixPath else {
-            return "\(prefix): the address is invalid or the port is in use"
+            let tlsHint = configuration.tls == nil ? "" : ", or the TLS certificate and key are unusable"
+            return "\(prefix): the address is invalid or the port is in use\(tlsHint)"
         }
         var directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         if directory.isEmpty { directory = "/" }

@@ -30,6 +30,20 @@ public struct ServerCallContext: Sendable {
 /// Swift's cooperative pool) and may block; they should respect `context.deadline`.
 public typealias UnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerCallContext) throws -> [UInt8]
 
+/// TLS for a server listening on TCP (the KMS socket itself is a unix socket and stays plaintext).
+public struct GRPCServerTLS: Sendable {
+    public var certificateChainPEM: String
+    public var privateKeyPEM: String
+    /// When set, clients must present a certificate issued by one of these CAs.
+    public var clientCARootsPEM: String?
+
+    public init(certificateChainPEM: String, privateKeyPEM: String, clientCARootsPEM: String? = nil) {
+        self.certificateChainPEM = certificateChainPEM
+        self.privateKeyPEM = privateKeyPEM
+        self.clientCARootsPEM = clientCARootsPEM
+    }
+}
+
 public struct GRPCServerConfiguration: Sendable {
     /// Where to listen: "unix:/run/kms.sock", "unix:///run/kms.sock", an absolute path, or a TCP
     /// "host:port" ("127.0.0.1:0" picks a free port, see `GRPCServer.boundPort`).
@@ -46,6 +60,8 @@ public struct GRPCServerConfiguration: Sendable {
     public var maxReceiveMessageSize: Int = 4 * 1024 * 1024
     /// How many `grpc_server_request_*call` are kept outstanding per completion queue and method.
     public var pendingCallsPerQueue: Int = 32
+    /// TLS instead of plaintext (default nil: plaintext).
+    public var tls: GRPCServerTLS?
     /// Where the server reports handler failures (error types only, never error text).
     public var logger: Logger = Logger(label: "grpc.server")
 
@@ -73,7 +89,27 @@ extension GRPCServerConfiguration {
         return String(core.dropFirst("unix:".count))
     }
 
-    func validate() throws(GRPCStatus) {
+    /// Creates the listener's credentials; the caller releases them.
+    func makeCredentials() -> OpaquePointer? {
+        guard let tls else { return grpc_insecure_server_credentials_create() }
+        return tls.privateKeyPEM.withCString { key -> OpaquePointer? in
+            tls.certificateChainPEM.withCString { chain -> OpaquePointer? in
+                var pair = grpc_ssl_pem_key_cert_pair(private_key: key, cert_chain: chain)
+                guard let roots = tls.clientCARootsPEM else {
+                    return grpc_ssl_server_credentials_create_ex(nil, &pair, 1, GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE, nil)
+                }
+                return roots.withCString { roots -> OpaquePointer? in
+                    grpc_ssl_server_credentials_create_ex(
+                        roots, &pair, 1, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, nil)
+                }
+            }
+        }
+    }
+
+    func validate(methods: some Sequence<String>) throws(GRPCStatus) {
+        for method in methods where !method.hasPrefix("/") {
+            throw GRPCStatus(.invalidArgument, "method paths must start with '/': \(method)")
+        }
         guard completionQueueThreads >= 1 else {
             throw GRPCStatus(.invalidArgument, "completionQueueThreads must be at least 1")
         }

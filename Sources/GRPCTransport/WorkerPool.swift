@@ -3,13 +3,21 @@ import Synchronization
 
 /// A fixed set of our own threads that run server calls' handlers.
 ///
-/// A plain FIFO guarded by a mutex; a counting semaphore wakes one idle worker per item. Items are
-/// taken in order, so a slow handler never blocks the others while idle workers remain.
+/// A FIFO guarded by a mutex. A worker drains the queue before it goes to sleep, and `submit` wakes a
+/// sleeping worker only when the queued items outnumber the workers that are awake and looking
+/// for work (not inside a handler). Under load most items are then taken without a wake-up system
+/// call, while an item never waits behind a handler that is still running if a worker sleeps.
 final class WorkerPool: Sendable {
     private struct Queue: ~Copyable {
         var items: [ServerCall?] = []
         var head = 0
+        /// Workers blocked (or about to block) on `wakeUp` without a wake-up already assigned.
+        var sleeping = 0
+        /// Workers awake and about to look at the queue (including those already woken up).
+        var searching = 0
         var stopping = false
+
+        var count: Int { items.count - head }
 
         mutating func push(_ call: ServerCall) {
             if head > 64, head * 2 > items.count {
@@ -32,8 +40,14 @@ final class WorkerPool: Sendable {
         }
     }
 
+    private enum Next {
+        case run(ServerCall)
+        case sleep
+        case exit
+    }
+
     private let queue = Mutex(Queue())
-    private let available = DispatchSemaphore(value: 0)
+    private let wakeUp = DispatchSemaphore(value: 0)
     private let threads = Mutex<[NativeThread]>([])
 
     init(threadCount: Int, name: String) {
@@ -46,21 +60,37 @@ final class WorkerPool: Sendable {
 
     /// Hands `call` to a worker, which runs its handler and starts its final batch.
     func submit(_ call: ServerCall) {
-        queue.withLock { $0.push(call) }
-        available.signal()
+        let wake = queue.withLock { queue in
+            queue.push(call)
+            guard queue.sleeping > 0, queue.count > queue.searching else { return false }
+            queue.sleeping -= 1
+            queue.searching += 1
+            return true
+        }
+        if wake { wakeUp.signal() }
     }
 
     private func run() {
+        // Whoever wakes a sleeping worker counts it as searching; otherwise it counts itself.
+        var countMe = true
         while true {
-            available.wait()
-            let next: ServerCall?? = queue.withLock { queue in
-                if let call = queue.pop() { return .some(call) }
-                return queue.stopping ? .none : .some(nil)
+            let next: Next = queue.withLock { queue in
+                if countMe { queue.searching += 1 }
+                queue.searching -= 1
+                if let call = queue.pop() { return .run(call) }
+                if queue.stopping { return .exit }
+                queue.sleeping += 1
+                return .sleep
             }
             switch next {
-            case .none: return
-            case .some(.none): continue
-            case .some(.some(let call)): call.runHandler()
+            case .run(let call):
+                call.runHandler()
+                countMe = true
+            case .sleep:
+                wakeUp.wait()
+                countMe = false
+            case .exit:
+                return
             }
         }
     }
@@ -73,8 +103,14 @@ final class WorkerPool: Sendable {
             return current
         }
         guard !toJoin.isEmpty else { return }
-        queue.withLock { $0.stopping = true }
-        for _ in toJoin { available.signal() }
+        let sleepers = queue.withLock { queue in
+            queue.stopping = true
+            let sleepers = queue.sleeping
+            queue.sleeping = 0
+            queue.searching += sleepers
+            return sleepers
+        }
+        for _ in 0..<sleepers { wakeUp.signal() }
         for thread in toJoin { thread.join() }
     }
 }

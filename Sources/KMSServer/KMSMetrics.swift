@@ -1,5 +1,7 @@
 import CoreMetrics
 import KeyService
+import Logging
+import PKCS11
 import Synchronization
 
 /// The plugin's metrics, through swift-metrics (the executable bootstraps a Prometheus backend). Handles are created
@@ -24,11 +26,34 @@ public final class KMSMetrics: Sendable {
 
     public static let methods = ["Status", "Encrypt", "Decrypt", "Version"]
 
+    /// AES-GCM with random 96-bit IVs should stay well below 2^32 encryptions per key (NIST SP 800-38D); p11kms
+    /// warns once a key passes this many encryptions in one process.
+    public static let encryptionWarningThreshold: UInt64 = 1 << 31
+
     private let operations: [String: Counter]
     private let durations: [String: Timer]
-    private let keyUse = Mutex<[String: Counter]>([:])
+    private let keyUse = Mutex<[String: (counter: Counter, count: UInt64)]>([:])
+    private let tokenHealthy = Gauge(label: "p11kms_token_healthy")
+    private let sessionsOpen = Gauge(label: "p11kms_pkcs11_sessions_open")
+    private let sessionsInUse = Gauge(label: "p11kms_pkcs11_sessions_in_use")
+    private let keyStates: [RootKeyState: Gauge]
+    private let probes: [Bool: Counter]
+    private let inFlight = Gauge(label: "p11kms_grpc_calls_in_flight")
+    private let warningThreshold: UInt64
+    private let logger: Logger
 
-    public init() {
+    public init(logger: Logger = Logger(label: "p11kms"), encryptionWarningThreshold: UInt64 = KMSMetrics.encryptionWarningThreshold) {
+        self.logger = logger
+        self.warningThreshold = encryptionWarningThreshold
+        var keyStates: [RootKeyState: Gauge] = [:]
+        for state in [RootKeyState.current, .active, .retired, .pending] {
+            keyStates[state] = Gauge(label: "p11kms_root_keys", dimensions: [("state", state.rawValue)])
+        }
+        self.keyStates = keyStates
+        probes = [
+            true: Counter(label: "p11kms_token_probes_total", dimensions: [("result", "ok")]),
+            false: Counter(label: "p11kms_token_probes_total", dimensions: [("result", "failed")]),
+        ]
         var operations: [String: Counter] = [:]
         var durations: [String: Timer] = [:]
         for method in KMSMetrics.methods {
@@ -48,17 +73,41 @@ public final class KMSMetrics: Sendable {
         let elapsed = ContinuousClock.now - started
         durations[method]?.recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
         if let keyID, method == "Encrypt" || method == "Decrypt" {
-            keyCounter(keyID: keyID, operation: method == "Encrypt" ? "encrypt" : "decrypt").increment()
+            countKeyUse(keyID: keyID, operation: method == "Encrypt" ? "encrypt" : "decrypt")
         }
     }
 
-    private func keyCounter(keyID: String, operation: String) -> Counter {
+    /// Counts one use of a root key; warns (once) when a key's encryptions in this process pass the threshold.
+    private func countKeyUse(keyID: String, operation: String) {
         let name = "\(keyID)/\(operation)"
-        return keyUse.withLock { counters in
-            if let counter = counters[name] { return counter }
-            let counter = Counter(label: "p11kms_root_key_operations_total", dimensions: [("key_id", keyID), ("operation", operation)])
-            counters[name] = counter
-            return counter
+        let crossed: UInt64? = keyUse.withLock { counters in
+            var entry = counters[name] ?? (Counter(label: "p11kms_root_key_operations_total",
+                                                   dimensions: [("key_id", keyID), ("operation", operation)]), 0)
+            entry.counter.increment()
+            entry.count += 1
+            counters[name] = entry
+            return operation == "encrypt" && entry.count == warningThreshold ? entry.count : nil
+        }
+        if let crossed {
+            logger.warning("root key nears the AES-GCM usage limit; rotate it ('p11kms rotate')",
+                           metadata: ["key_id": "\(keyID)", "encryptions": "\(crossed)", "limit": "4294967296"])
+        }
+    }
+
+    /// One probe of the token finished.
+    public func recordProbe(_ health: Health) {
+        probes[health.healthy]?.increment()
+        tokenHealthy.record(health.healthy ? 1 : 0)
+    }
+
+    /// Refreshes the gauges that describe the current state (called before each scrape).
+    public func updateGauges(health: Health, token: Token, keys: [RootKey], inFlightCalls: Int) {
+        tokenHealthy.record(health.healthy ? 1 : 0)
+        sessionsOpen.record(token.openSessions)
+        sessionsInUse.record(token.sessionsInUse)
+        inFlight.record(inFlightCalls)
+        for (state, gauge) in keyStates {
+            gauge.record(keys.filter { $0.state == state }.count)
         }
     }
 }

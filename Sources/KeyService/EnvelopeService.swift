@@ -53,39 +53,47 @@ public final class EnvelopeService: Sendable {
         // state may lag behind a 'p11kms restore' by up to one refresh interval.
         if key.state == .pending { throw .invalid("unknown key_id \(key.keyID)") }
         do throws(KMSError) {
-            let plaintext = try withKey(key.id) { (session, handle) throws(PKCS11Error) in
-                try session.decryptAESGCM(key: handle, iv: envelope.iv, aad: envelope.header, ciphertext: envelope.sealed)
-            }
-            return (plaintext, key)
+            return (try open(envelope), key)
         } catch let error where error.code != .invalidArgument {
-            throw try classifyDecryptFailure(error, key: key)
+            return (try recoverDecryptFailure(error, envelope: envelope, key: key), key)
         }
     }
 
     /// A real AES-GCM round trip under the current key: true when the token is usable.
     public func canary() throws(KMSError) {
         let probe = SecureRandom.bytes(32)
-        let (ciphertext, key) = try encrypt(probe)
-        let opened = try decrypt(ciphertext, expectedKeyID: key.keyID)
-        guard opened.plaintext == probe else { throw KMSError(.internal, "canary round trip returned different bytes") }
+        let (ciphertext, _) = try encrypt(probe)
+        // Decrypted without `decrypt`'s failure analysis, which itself runs the canary.
+        let opened = try open(try Envelope(parsing: ciphertext))
+        guard opened == probe else { throw KMSError(.internal, "canary round trip returned different bytes") }
+    }
+
+    /// One AES-GCM decryption in the token, no analysis of failures.
+    private func open(_ envelope: Envelope) throws(KMSError) -> [UInt8] {
+        try withKey(envelope.keyID) { (session, handle) throws(PKCS11Error) in
+            try session.decryptAESGCM(key: handle, iv: envelope.iv, aad: envelope.header, ciphertext: envelope.sealed)
+        }
     }
 
     /// SoftHSM reports a GCM tag mismatch as `CKR_GENERAL_ERROR`, other tokens as `CKR_ENCRYPTED_DATA_INVALID`,
-    /// and a retired key as `CKR_KEY_FUNCTION_NOT_PERMITTED`. A canary round trip tells forged input from a failing token.
-    private func classifyDecryptFailure(_ error: KMSError, key: RootKey) throws(KMSError) -> KMSError {
-        guard case .token(let rv) = lastTokenFailure(error) else { return error }
+    /// and a retired key as `CKR_KEY_FUNCTION_NOT_PERMITTED`. A forged ciphertext and a passing token fault look
+    /// alike, so the decryption is tried once more (riding through a transient fault), and if that fails too a
+    /// canary round trip tells forged input (the token works) from a failing token. Returns the plaintext or throws.
+    private func recoverDecryptFailure(_ error: KMSError, envelope: Envelope, key: RootKey) throws(KMSError) -> [UInt8] {
+        guard case .token(let rv) = lastTokenFailure(error) else { throw error }
         if rv == CKR_KEY_FUNCTION_NOT_PERMITTED {
             _ = try? keyRing.refresh()
-            return KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
+            throw KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
         }
         let authFailure = rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE
-        guard authFailure else { return error }
+        guard authFailure else { throw error }
+        if let plaintext = try? open(envelope) { return plaintext }
         do throws(KMSError) {
             try canary()
         } catch {
-            return KMSError(.unavailable, "token unavailable: decryption failed and the token's self-test failed too")
+            throw KMSError(.unavailable, "token unavailable: decryption failed and the token's self-test failed too")
         }
-        return .invalid("ciphertext failed authentication")
+        throw .invalid("ciphertext failed authentication")
     }
 
     private enum Failure { case token(UInt), other }
@@ -113,20 +121,34 @@ public final class EnvelopeService: Sendable {
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
-    /// Runs `body` with a session and the key's handle; re-resolves the handle when the token says it is stale.
+    /// Runs `body` with a session and the key's handle; when the token says the handle is stale, looks it up again
+    /// and runs `body` once more in the same session. If the key cannot be found again (e.g. the session lost its
+    /// login, which hides private objects), the stale-handle error goes to `Token`, which retries with a checked login.
     private func withKey<T>(_ id: RootKeyID, _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
         do throws(PKCS11Error) {
             return try token.withSession { (session) throws(PKCS11Error) -> T in
                 guard let handle = try keyRing.handle(of: id, in: session) else {
+                    // Root keys are never deleted: a known one missing may be a storage outage.
+                    try token.confirmPresent(session)
                     throw PKCS11Error(.object("root key \(id.keyID) is not in the token"))
                 }
                 do throws(PKCS11Error) {
                     return try body(session, handle)
                 } catch {
-                    if error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID {
-                        keyRing.forgetHandle(of: id)
+                    guard error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID else { throw error }
+                    keyRing.forgetHandle(of: id)
+                    guard let fresh = try? keyRing.handle(of: id, in: session), fresh != handle else {
+                        try token.confirmPresent(session)
+                        throw error
                     }
-                    throw error
+                    do throws(PKCS11Error) {
+                        return try body(session, fresh)
+                    } catch let again {
+                        if again.rv == CKR_KEY_HANDLE_INVALID || again.rv == CKR_OBJECT_HANDLE_INVALID {
+                            keyRing.forgetHandle(of: id)
+                        }
+                        throw again
+                    }
                 }
             }
         } catch {

@@ -10,7 +10,7 @@ public final class KeyRing: Sendable {
 
     private struct State {
         var keys: [RootKey] = []
-        var handles: [RootKeyID: (generation: UInt64, handle: CK_OBJECT_HANDLE)] = [:]
+        var handles: [RootKeyID: (epoch: Token.HandleEpoch, handle: CK_OBJECT_HANDLE)] = [:]
         var loaded = false
     }
 
@@ -26,30 +26,38 @@ public final class KeyRing: Sendable {
 
     public func key(_ id: RootKeyID) -> RootKey? { state.withLock { $0.keys.first { $0.id == id } } }
 
-    /// Reads the keys from the token again. Returns whether the list changed.
+    /// Reads the keys from the token again. Returns whether the list changed. Keys are never deleted, so when known
+    /// keys are missing the token is first confirmed present: in a storage outage SoftHSM finds no objects, and the
+    /// keys must not be forgotten (a later decrypt would call its ciphertext invalid instead of unavailable).
     @discardableResult
     public func refresh() throws(PKCS11Error) -> Bool {
-        let (found, generation) = try token.withSession { (session) throws(PKCS11Error) in
-            (try KeyRing.readKeys(session), session.generation)
+        let known = state.withLock { Set($0.keys.map(\.id)) }
+        let (found, epoch) = try token.withSession { (session) throws(PKCS11Error) in
+            let epoch = token.handleEpoch
+            let found = try KeyRing.readKeys(session)
+            if !known.isSubset(of: found.map(\.key.id)) { try token.confirmPresent(session) }
+            return (found, epoch)
         }
         return state.withLock { state in
             let keys = found.map(\.key)
             let changed = keys != state.keys || !state.loaded
             state.keys = keys
             state.loaded = true
-            for (key, handle) in found { state.handles[key.id] = (generation, handle) }
+            for (key, handle) in found { state.handles[key.id] = (epoch, handle) }
             return changed
         }
     }
 
-    /// The object handle of `id` for `session`'s module generation, looked up in the token when not cached.
+    /// The object handle of `id`, looked up in the token when not cached for the token's current handle epoch
+    /// (module generation and login). Call it inside `token.withSession`.
     public func handle(of id: RootKeyID, in session: Session) throws(PKCS11Error) -> CK_OBJECT_HANDLE? {
-        if let cached = state.withLock({ $0.handles[id] }), cached.generation == session.generation {
+        let epoch = token.handleEpoch
+        if let cached = state.withLock({ $0.handles[id] }), cached.epoch == epoch {
             return cached.handle
         }
         let objects = try session.findObjects(KeyRing.aesKeyTemplate + [.bytes(CKA_ID, id.bytes)])
         guard let handle = objects.first else { return nil }
-        state.withLock { $0.handles[id] = (session.generation, handle) }
+        state.withLock { $0.handles[id] = (epoch, handle) }
         return handle
     }
 

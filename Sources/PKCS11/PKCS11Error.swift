@@ -40,15 +40,20 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The session is gone but the token is fine: open a new session (and log in) and retry.
+    /// The session is gone or unusable but the token is fine: open a new session (and log in) and retry.
+    /// `CKR_OPERATION_ACTIVE` is here because a session is never shared: an operation still active in it was left
+    /// behind by a failed call (a token that did not end it), and the session would otherwise fail every later use.
     public var isSessionLost: Bool {
         guard let rv else { return false }
         return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED || rv == CKR_USER_NOT_LOGGED_IN
-            || rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID
+            || rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OPERATION_ACTIVE
     }
 
     /// The device, slot or library state is gone: only finalising and re-initialising the module can recover.
+    /// A token no longer (or not yet) found by its label counts too: SoftHSM sees a token whose storage came back
+    /// only after re-initialisation.
     public var isDeviceLost: Bool {
+        if case .tokenNotFound = kind { return true }
         guard let rv else { return false }
         return rv == CKR_DEVICE_REMOVED || rv == CKR_DEVICE_ERROR || rv == CKR_TOKEN_NOT_PRESENT
             || rv == CKR_TOKEN_NOT_RECOGNIZED || rv == CKR_SLOT_ID_INVALID || rv == CKR_CRYPTOKI_NOT_INITIALIZED

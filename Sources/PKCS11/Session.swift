@@ -35,6 +35,14 @@ public struct Session: Sendable {
         guard rv == CKR_OK else { throw .call("C_GetSessionInfo", rv) }
     }
 
+    /// The slot the session was opened on.
+    public func slotID() throws(PKCS11Error) -> CK_SLOT_ID {
+        var info = CK_SESSION_INFO()
+        let rv = f.C_GetSessionInfo(handle, &info)
+        guard rv == CKR_OK else { throw .call("C_GetSessionInfo", rv) }
+        return info.slotID
+    }
+
     /// Whether the session's user is logged in.
     public func isLoggedIn() throws(PKCS11Error) -> Bool {
         var info = CK_SESSION_INFO()

@@ -40,6 +40,7 @@ public final class Token: @unchecked Sendable {
     private var idle: [Session] = []
     private var openCount = 0
     private var pinRejected = false
+    private var logins: UInt64 = 0
     private var lastReconnect: ContinuousClock.Instant?
     private var lastFailure: PKCS11Error?
 
@@ -58,21 +59,34 @@ public final class Token: @unchecked Sendable {
     /// Sessions currently lent out.
     public var sessionsInUse: Int { lock.withLock { openCount - idle.count } }
 
-    /// Runs `body` with a session of its own, logged in. Retries once after a lost session, login or device.
+    /// Identifies when object handles found in this token may be reused: it changes when the module is
+    /// re-initialised and whenever the token had to be logged in again (a token that lost its login may renumber its
+    /// private objects; SoftHSM does). Read it inside `withSession`, before looking a handle up.
+    public struct HandleEpoch: Hashable, Sendable {
+        public let generation: UInt64
+        public let logins: UInt64
+    }
+
+    public var handleEpoch: HandleEpoch {
+        lock.withLock { HandleEpoch(generation: sessionGeneration, logins: logins) }
+    }
+
+    /// Runs `body` with a session of its own, logged in. Retries once after a lost session, login or device; the
+    /// retry checks a pooled session's login before using it, since a lost login affects every session.
     public func withSession<T>(_ body: (Session) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
         do {
-            return try attempt(body)
+            return try attempt(body, verifying: false)
         } catch let error where error.isSessionLost || error.isDeviceLost {
-            return try attempt(body)
+            return try attempt(body, verifying: true)
         }
     }
 
-    private func attempt<T>(_ body: (Session) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+    private func attempt<T>(_ body: (Session) throws(PKCS11Error) -> T, verifying: Bool) throws(PKCS11Error) -> T {
         let module = try loadedModule()
         let outcome: Result<T, PKCS11Error> = module.lifetime.withReadLock { () -> Result<T, PKCS11Error> in
             let session: Session
             do throws(PKCS11Error) {
-                session = try acquire(module)
+                session = try acquire(module, verifying: verifying)
             } catch {
                 return .failure(error)
             }
@@ -98,6 +112,24 @@ public final class Token: @unchecked Sendable {
         }
     }
 
+    /// Call inside `withSession` when an object known to exist is missing. Confirms that the session's token is
+    /// still readable and still the configured one, and otherwise throws `tokenNotFound`, which counts as a lost
+    /// device (the module is re-initialised and the call retried once). In a storage outage SoftHSM keeps the
+    /// session and its login, answers C_FindObjects with nothing and cached handles with CKR_OBJECT_HANDLE_INVALID;
+    /// only C_GetTokenInfo fails.
+    public func confirmPresent(_ session: Session) throws(PKCS11Error) {
+        let slot: CK_SLOT_ID
+        do throws(PKCS11Error) {
+            slot = try session.slotID()
+        } catch {
+            if error.isSessionLost || error.isDeviceLost { throw error }
+            throw PKCS11Error(.tokenNotFound(label: configuration.tokenLabel))
+        }
+        guard (try? session.module.tokenLabel(slot: slot)) == configuration.tokenLabel else {
+            throw PKCS11Error(.tokenNotFound(label: configuration.tokenLabel))
+        }
+    }
+
     private func loadedModule() throws(PKCS11Error) -> PKCS11Module {
         if let module = lock.withLock({ self.module }) { return module }
         let module = try PKCS11Module.load(path: configuration.modulePath)
@@ -106,8 +138,34 @@ public final class Token: @unchecked Sendable {
     }
 
     /// Takes an idle session of the current module generation or opens one (logging in when the token needs it).
-    /// Called with the module's lifetime lock held shared.
-    private func acquire(_ module: PKCS11Module) throws(PKCS11Error) -> Session {
+    /// With `verifying`, a pooled session is first checked: a dead one is dropped and the next one tried, and one
+    /// that lost its login is logged in again. Called with the module's lifetime lock held shared.
+    private func acquire(_ module: PKCS11Module, verifying: Bool) throws(PKCS11Error) -> Session {
+        // Bounded: every idle session may be dead, and then a fresh one must work.
+        var tries = 0
+        while true {
+            let session = try acquireUnchecked(module)
+            guard verifying else { return session }
+            tries += 1
+            do throws(PKCS11Error) {
+                if try !session.isLoggedIn() { try login(session) }
+                return session
+            } catch {
+                if error.isSessionLost && tries <= configuration.maxSessions {
+                    discard(session)
+                    continue
+                }
+                if error.isSessionLost || error.isDeviceLost {
+                    discard(session)
+                } else {
+                    release(session, module: module)
+                }
+                throw error
+            }
+        }
+    }
+
+    private func acquireUnchecked(_ module: PKCS11Module) throws(PKCS11Error) -> Session {
         let generation = module.generation
         let reuse: Session? = try lock.withLock { () throws(PKCS11Error) -> Session? in
             if pinRejected { throw PKCS11Error(.pinRejected) }
@@ -160,6 +218,7 @@ public final class Token: @unchecked Sendable {
     private func login(_ session: Session) throws(PKCS11Error) {
         do throws(PKCS11Error) {
             try session.login(pin: configuration.pin)
+            lock.withLock { logins += 1 }
         } catch {
             if case .pinRejected = error.kind { lock.withLock { pinRejected = true } }
             throw error

@@ -61,7 +61,9 @@ public final class PluginProcess: @unchecked Sendable {
     public func start(_ extraArguments: [String] = [], environment extra: [String: String] = [:], waitHealthy: Bool = true) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: PluginProcess.executable)
-        process.arguments = ["serve", "--listen", listen] + tokenArguments + extraArguments
+        // Many plugins run at once in tests: an ephemeral HTTP port unless the test picks one.
+        let http = extraArguments.contains("--http-listen") || extraArguments.contains("--config") ? [] : ["--http-listen", "127.0.0.1:0"]
+        process.arguments = ["serve", "--listen", listen] + tokenArguments + http + extraArguments
         process.environment = environment.merging(extra) { _, b in b }
         if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
@@ -70,6 +72,7 @@ public final class PluginProcess: @unchecked Sendable {
         process.standardError = log
         try process.run()
         self.process = process
+        ChildProcesses.register(process.processIdentifier)
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if !process.isRunning { throw FixtureError("p11kms serve exited: \(self.log)") }
@@ -95,6 +98,37 @@ public final class PluginProcess: @unchecked Sendable {
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     public func client() throws -> KMSClient { try KMSClient(socketPath: socketPath) }
+}
+
+/// Children started by tests, ended when the test process exits (shared plugins live in statics, whose deinit
+/// never runs).
+public enum ChildProcesses {
+    private static let pids = LockedPIDs()
+
+    public static func register(_ pid: Int32) {
+        pids.add(pid)
+    }
+
+    static func killAll() {
+        for pid in pids.all() { kill(pid, SIGTERM) }
+    }
+}
+
+final class LockedPIDs: @unchecked Sendable {
+    // A set guarded by `lock`; the exit handler is installed with the first registration.
+    private var pids: Set<Int32> = []
+    private var installed = false
+    private let lock = NSLock()
+    func add(_ pid: Int32) {
+        lock.lock()
+        defer { lock.unlock() }
+        pids.insert(pid)
+        if !installed {
+            installed = true
+            atexit { ChildProcesses.killAll() }
+        }
+    }
+    func all() -> [Int32] { lock.lock(); defer { lock.unlock() }; return Array(pids) }
 }
 
 /// A KMS v2/v1 client over a real unix socket.

@@ -67,6 +67,16 @@ public final class SoftHSMFixture: Sendable {
         }
     }
 
+    /// The folder SoftHSM keeps the token labelled `label` in (its `token.object` holds the space-padded label).
+    public func tokenFolder(label: String) -> URL? {
+        let padded = Data((label + " ").utf8)
+        let folders = (try? FileManager.default.contentsOfDirectory(at: tokenDirectory, includingPropertiesForKeys: nil)) ?? []
+        return folders.first { folder in
+            guard let data = try? Data(contentsOf: folder.appendingPathComponent("token.object")) else { return false }
+            return data.range(of: padded) != nil
+        }
+    }
+
     /// A unique token label for one test.
     public static func uniqueLabel(_ base: String) -> String {
         "\(base)-\(UInt32.random(in: 0...UInt32.max))"

@@ -1,13 +1,20 @@
 import ArgumentParser
 import Foundation
+import GRPCTransport
 import KMSServer
 import KeyService
 import Logging
+import Metrics
 import PKCS11
+import Prometheus
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve KMS v2 (and v1) on a unix socket with the root keys of a PKCS#11 token.")
+        abstract: "Serve KMS v2 (and v1) on a unix socket with the root keys of a PKCS#11 token.",
+        discussion: """
+        Every option can also come from its environment twin or the config file (--config), in that precedence:
+        flag > environment > file > default. --print-config shows the effective settings and where each came from.
+        """)
 
     @Option(help: ArgumentHelp("Socket to serve on, e.g. unix:///var/run/kms/p11kms.sock (env P11KMS_LISTEN).", valueName: "address"))
     var listen: String?
@@ -23,14 +30,17 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("Version reported by Status: v2, or v2beta1 for kube-apiserver 1.27-1.28 (env P11KMS_STATUS_VERSION).", valueName: "version"))
     var statusVersion: String?
 
-    @Flag(help: "Do not serve KMS v1 (v1beta1) on the socket.")
+    @Flag(help: "Do not serve KMS v1 (v1beta1) on the socket (env P11KMS_DISABLE_V1).")
     var disableV1 = false
 
-    @Option(help: ArgumentHelp("Threads that run requests (env P11KMS_WORKER_THREADS; default 4).", valueName: "n"))
-    var workerThreads: Int?
+    @Option(help: ArgumentHelp("HOST:PORT for /healthz, /livez, /readyz and /metrics, or 'off' (env P11KMS_HTTP_LISTEN; default 127.0.0.1:8787).", valueName: "address"))
+    var httpListen: String?
+
+    @Option(help: ArgumentHelp("Threads that run requests; 0 runs them on the gRPC thread (env P11KMS_WORKER_THREADS; default 4).", valueName: "n"))
+    var workerThreads: String?
 
     @Option(help: ArgumentHelp("gRPC completion-queue threads (env P11KMS_CQ_THREADS; default 1).", valueName: "n"))
-    var completionQueueThreads: Int?
+    var completionQueueThreads: String?
 
     @Option(help: ArgumentHelp("Log format: text or json (env P11KMS_LOG_FORMAT).", valueName: "format"))
     var logFormat: String?
@@ -38,26 +48,65 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error, critical (env P11KMS_LOG_LEVEL).", valueName: "level"))
     var logLevel: String?
 
+    @Option(help: ArgumentHelp("Seconds in-flight calls may take to finish on SIGTERM/SIGINT (env P11KMS_SHUTDOWN_GRACE; default 5).", valueName: "seconds"))
+    var shutdownGrace: String?
+
+    @Option(help: ArgumentHelp("Seconds between token probes and key-list refreshes (env P11KMS_PROBE_INTERVAL; default 2).", valueName: "seconds"))
+    var probeInterval: String?
+
+    @Option(help: ArgumentHelp("Seconds between canary AES-GCM round trips (env P11KMS_CANARY_INTERVAL; default 10).", valueName: "seconds"))
+    var canaryInterval: String?
+
+    @Flag(help: "Print the effective settings (the PIN redacted) and exit.")
+    var printConfig = false
+
+    /// The flag value of each setting key, for resolution and --print-config.
+    private var flags: [String: String?] {
+        [
+            "listen": listen, "module": token.module, "token-label": token.tokenLabel, "pin-file": token.pinFile,
+            "max-sessions": token.maxSessions, "socket-mode": socketMode, "socket-group": socketGroup,
+            "status-version": statusVersion, "disable-v1": disableV1 ? "true" : nil, "worker-threads": workerThreads,
+            "completion-queue-threads": completionQueueThreads, "http-listen": httpListen, "log-format": logFormat,
+            "log-level": logLevel, "shutdown-grace": shutdownGrace, "probe-interval": probeInterval,
+            "canary-interval": canaryInterval,
+        ]
+    }
+
     func run() throws {
         // Signals are blocked before any thread exists, so every thread inherits the mask and only the sigwait
         // below receives SIGTERM/SIGINT: they are handled once, in one place.
         Signals.blockTermination()
-        let env = ProcessInfo.processInfo.environment
-        let logger = try makeLogger(env)
-        let tokenConfiguration = try token.resolved()
-        var configuration = PluginConfiguration(listen: try SocketAddress(listen: listen ?? env["P11KMS_LISTEN"] ?? "unix:///var/run/kms/p11kms.sock"))
-        if let mode = socketMode ?? env["P11KMS_SOCKET_MODE"] {
-            guard let parsed = mode_t(mode, radix: 8), parsed <= 0o777 else { throw ValidationError("--socket-mode must be octal, e.g. 0660") }
-            configuration.socketMode = parsed
+        let settings = try token.resolver()
+        if printConfig {
+            printSettings(settings)
+            return
         }
-        configuration.socketGroup = socketGroup ?? env["P11KMS_SOCKET_GROUP"]
-        if let version = statusVersion ?? env["P11KMS_STATUS_VERSION"] {
-            guard let parsed = KMSv2Service.StatusVersion(rawValue: version) else { throw ValidationError("--status-version must be v2 or v2beta1") }
-            configuration.statusVersion = parsed
+        let logger = try makeLogger(settings)
+        GRPCRuntime.routeCoreLogs(to: logger)
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+
+        let tokenConfiguration = try token.resolved(settings)
+        var configuration = PluginConfiguration(listen: try SocketAddress(listen: settings.resolve("listen", flag: listen).value ?? ""))
+        let mode = settings.resolve("socket-mode", flag: socketMode)
+        guard let parsedMode = mode.value.flatMap({ mode_t($0, radix: 8) }), parsedMode <= 0o777 else {
+            throw ValidationError("socket-mode must be octal, e.g. 0660 (from \(mode.source))")
         }
-        configuration.enableV1 = !disableV1
-        configuration.workerThreads = workerThreads ?? env["P11KMS_WORKER_THREADS"].flatMap(Int.init) ?? 4
-        configuration.completionQueueThreads = completionQueueThreads ?? env["P11KMS_CQ_THREADS"].flatMap(Int.init) ?? 1
+        configuration.socketMode = parsedMode
+        configuration.socketGroup = settings.resolve("socket-group", flag: socketGroup).value
+        let version = settings.resolve("status-version", flag: statusVersion)
+        guard let parsedVersion = version.value.flatMap(KMSv2Service.StatusVersion.init(rawValue:)) else {
+            throw ValidationError("status-version must be v2 or v2beta1 (from \(version.source))")
+        }
+        configuration.statusVersion = parsedVersion
+        configuration.enableV1 = try !settings.bool("disable-v1", flag: disableV1)
+        configuration.workerThreads = try settings.int("worker-threads", flag: workerThreads, range: 0...256)
+        configuration.completionQueueThreads = try settings.int("completion-queue-threads", flag: completionQueueThreads, range: 1...16)
+        configuration.shutdownGrace = try settings.seconds("shutdown-grace", flag: shutdownGrace)
+        let http = settings.resolve("http-listen", flag: httpListen).value ?? "off"
+        configuration.httpListen = (http == "off" || http.isEmpty) ? nil : try HTTPEndpoint.parse(http)
+        let probe = try settings.seconds("probe-interval", flag: probeInterval)
+        let canary = try settings.seconds("canary-interval", flag: canaryInterval)
 
         let tokenHandle = Token(configuration: tokenConfiguration)
         do {
@@ -75,13 +124,22 @@ struct Serve: ParsableCommand {
             fail("the token has no current root key; run 'p11kms init' first")
         }
         let service = EnvelopeService(keyRing: ring)
-        let health = HealthMonitor(service: service)
-        let metrics = KMSMetrics()
+        let health = HealthMonitor(service: service, refreshInterval: probe, canaryInterval: canary)
+        let metrics = KMSMetrics(logger: logger)
+        let previous = ManagedHealth()
         health.onChange { health, keyChanged in
             if keyChanged, let key = health.currentKeyID { logger.info("key ring changed", metadata: ["current_key_id": "\(key)"]) }
+            if let change = previous.update(health) {
+                if health.healthy {
+                    logger.notice("token healthy again", metadata: ["current_key_id": "\(health.currentKeyID ?? "")"])
+                } else {
+                    logger.error("token unhealthy", metadata: ["reason": "\(change)"])
+                }
+            }
         }
         let server = PluginServer(configuration: configuration, service: service, health: health, metrics: metrics,
-                                  logger: logger, runtimeVersion: P11KMS.version)
+                                  logger: logger, runtimeVersion: P11KMS.version,
+                                  metricsText: { registry.emitToBuffer() })
         do {
             try server.start()
         } catch {
@@ -89,18 +147,45 @@ struct Serve: ParsableCommand {
         }
         logger.info("root key", metadata: ["current_key_id": "\(current.keyID)", "token": "\(tokenConfiguration.tokenLabel)"])
         let signal = Signals.waitForTermination()
-        logger.info("shutting down", metadata: ["signal": "\(signal)"])
+        logger.info("shutting down", metadata: ["signal": "\(signal)", "grace_seconds": "\(configuration.shutdownGrace.components.seconds)"])
         server.shutdown()
     }
 
-    private func makeLogger(_ env: [String: String]) throws -> Logger {
-        guard let format = LineLogHandler.Format(rawValue: logFormat ?? env["P11KMS_LOG_FORMAT"] ?? "text") else {
-            throw ValidationError("--log-format must be text or json")
+    private func printSettings(_ settings: SettingsResolver) {
+        print("# p11kms serve: effective settings (flag > environment > file > default); the PIN is never shown")
+        for entry in SettingKeys.table {
+            let setting = settings.resolve(entry.key, flag: flags[entry.key] ?? nil)
+            let value = setting.value.map { $0.contains(":") || $0.contains("#") ? "\"\($0)\"" : $0 } ?? "~"
+            print("\(entry.key): \(value)  # \(setting.source)")
         }
-        guard let level = Logger.Level(rawValue: logLevel ?? env["P11KMS_LOG_LEVEL"] ?? "info") else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        if settings.environment["P11KMS_PIN"].map({ !$0.isEmpty }) == true {
+            print("# pin: <redacted>  # environment P11KMS_PIN (used only when no pin-file is set)")
+        }
+    }
+
+    private func makeLogger(_ settings: SettingsResolver) throws -> Logger {
+        let formatSetting = settings.resolve("log-format", flag: logFormat)
+        guard let format = formatSetting.value.flatMap(LineLogHandler.Format.init(rawValue:)) else {
+            throw ValidationError("log-format must be text or json (from \(formatSetting.source))")
+        }
+        let levelSetting = settings.resolve("log-level", flag: logLevel)
+        guard let level = levelSetting.value.flatMap(Logger.Level.init(rawValue:)) else {
+            throw ValidationError("log-level must be one of trace, debug, info, notice, warning, error, critical (from \(levelSetting.source))")
         }
         LoggingSystem.bootstrap { label in LineLogHandler(label: label, format: format, level: level) }
         return Logger(label: "p11kms")
+    }
+}
+
+/// Remembers the last reported health to log transitions once.
+final class ManagedHealth: @unchecked Sendable {
+    // Touched only from the health monitor's thread (its onChange callback).
+    private var healthy = true
+    private var reason = "ok"
+
+    /// Returns the new reason when healthy/unhealthy or the reason changed.
+    func update(_ health: Health) -> String? {
+        defer { healthy = health.healthy; reason = health.reason }
+        return health.healthy != healthy || health.reason != reason ? health.reason : nil
     }
 }

@@ -2,12 +2,14 @@ import ArgumentParser
 import Foundation
 import PKCS11
 
-/// The flags that name the token, shared by every command that opens it. Each has an environment-variable twin;
-/// the PIN itself is read from a file or from P11KMS_PIN, never from an argument.
+/// The flags that name the token, shared by every command that opens it, plus `--config`. Each has an
+/// environment-variable twin and a config-file key; the PIN itself is read from a file or from P11KMS_PIN, never
+/// from an argument or the config file.
 struct TokenOptions: ParsableArguments {
-    static let defaultModule = "/usr/lib/softhsm/libsofthsm2.so"
+    @Option(help: ArgumentHelp("Config file, YAML or JSON, keys named like the long flags (env P11KMS_CONFIG).", valueName: "file"))
+    var config: String?
 
-    @Option(help: ArgumentHelp("Path of the PKCS#11 module (env P11KMS_MODULE).", valueName: "path"))
+    @Option(help: ArgumentHelp("Path of the PKCS#11 module (env P11KMS_MODULE; default SoftHSM2's).", valueName: "path"))
     var module: String?
 
     @Option(help: ArgumentHelp("Label of the token that holds the root keys (env P11KMS_TOKEN_LABEL).", valueName: "label"))
@@ -16,16 +18,21 @@ struct TokenOptions: ParsableArguments {
     @Option(help: ArgumentHelp("File holding the user PIN (env P11KMS_PIN_FILE); or set P11KMS_PIN.", valueName: "file"))
     var pinFile: String?
 
-    @Option(help: ArgumentHelp("Most PKCS#11 sessions open at once (env P11KMS_MAX_SESSIONS).", valueName: "n"))
-    var maxSessions: Int?
+    @Option(help: ArgumentHelp("Most PKCS#11 sessions open at once (env P11KMS_MAX_SESSIONS; default 8).", valueName: "n"))
+    var maxSessions: String?
 
-    func resolved(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> TokenConfiguration {
-        let module = self.module ?? environment["P11KMS_MODULE"] ?? TokenOptions.defaultModule
-        guard let label = tokenLabel ?? environment["P11KMS_TOKEN_LABEL"], !label.isEmpty else {
-            throw ValidationError("--token-label (or P11KMS_TOKEN_LABEL) is required")
+    func resolver() throws -> SettingsResolver {
+        try SettingsResolver(configPath: config)
+    }
+
+    func resolved(_ settings: SettingsResolver? = nil) throws -> TokenConfiguration {
+        let settings = try settings ?? resolver()
+        guard let module = settings.resolve("module", flag: self.module).value else { throw ValidationError("--module is required") }
+        guard let label = settings.resolve("token-label", flag: tokenLabel).value, !label.isEmpty else {
+            throw ValidationError("--token-label (or P11KMS_TOKEN_LABEL, or token-label in the config file) is required")
         }
-        let pin = try TokenOptions.readPIN(file: pinFile ?? environment["P11KMS_PIN_FILE"], environment: environment)
-        let sessions = maxSessions ?? environment["P11KMS_MAX_SESSIONS"].flatMap(Int.init) ?? 8
+        let pin = try TokenOptions.readPIN(file: settings.resolve("pin-file", flag: pinFile).value, environment: settings.environment)
+        let sessions = try settings.int("max-sessions", flag: maxSessions, range: 1...1024)
         return TokenConfiguration(modulePath: module, tokenLabel: label, pin: pin, maxSessions: sessions)
     }
 
@@ -47,7 +54,7 @@ struct TokenOptions: ParsableArguments {
         if let pin = environment["P11KMS_PIN"], !pin.isEmpty {
             return Array(pin.utf8)
         }
-        throw ValidationError("no PIN: use --pin-file FILE (or P11KMS_PIN_FILE) or set P11KMS_PIN")
+        throw ValidationError("no PIN: use --pin-file FILE (or P11KMS_PIN_FILE, or pin-file in the config file) or set P11KMS_PIN")
     }
 }
 

@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import Synchronization
 import Testing
 @testable import GRPCTransport
 
@@ -59,6 +61,50 @@ struct LifecycleTests {
         neverStarted.shutdown(gracePeriod: .zero)
     }
 
+    @Test("shutdown under load ends every call cleanly", arguments: [0, 4])
+    func shutdownUnderLoad(workers: Int) throws {
+        let fixture = try TestServer { $0.workerThreads = workers }
+        let client = try fixture.makeClient()
+        let stop = Atomic<Bool>(false)
+        let succeeded = Atomic<Int>(0)
+        let unexpected = Mutex<[GRPCStatus]>([])
+        let load = Background { () -> Void in
+            runOnThreads(8) { index in
+                while !stop.load(ordering: .relaxed) {
+                    do throws(GRPCStatus) {
+                        let payload = [UInt8](repeating: UInt8(index), count: 100)
+                        if try client.unary(method: TestMethods.echo, request: payload, timeout: .seconds(5)) == payload {
+                            succeeded.add(1, ordering: .relaxed)
+                        }
+                    } catch where [GRPCStatusCode.unavailable, .cancelled].contains(error.code) {
+                        continue
+                    } catch {
+                        unexpected.withLock { $0.append(error) }
+                    }
+                }
+            }
+        }
+        #expect(waitUntil { succeeded.load(ordering: .relaxed) > 200 })
+        fixture.server.shutdown(gracePeriod: .milliseconds(100))
+        #expect(fixture.server.inFlightCalls == 0)
+        stop.store(true, ordering: .relaxed)
+        load.wait()
+        #expect(unexpected.withLock { $0 }.isEmpty, "\(unexpected.withLock { $0 })")
+    }
+
+    @Test("releasing a running server shuts it down")
+    func releaseWithoutShutdown() throws {
+        let directory = try TemporaryDirectory()
+        let path = directory.file("dropped.sock")
+        do {
+            let server = GRPCServer(configuration: GRPCServerConfiguration(address: "unix:" + path), handlers: TestMethods.handlers)
+            try server.start()
+            let client = try GRPCClient(configuration: GRPCClientConfiguration(target: "unix:" + path))
+            #expect(try client.unary(method: TestMethods.echo, request: [1]) == [1])
+        }
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
     @Test("a new server can take over the path of a stopped one")
     func samePathAgain() throws {
         let directory = try TemporaryDirectory()
@@ -91,6 +137,18 @@ struct LifecycleTests {
             configuration: GRPCServerConfiguration(address: "unix:/tmp/" + String(repeating: "x", count: 120)),
             handlers: [:])
         #expect(throws: GRPCStatus.self) { try tooLong.start() }
+    }
+
+    @Test("core log lines can be routed to swift-log")
+    func coreLogRouting() throws {
+        let store = CapturingLogHandler.Store()
+        GRPCRuntime.routeCoreLogs(to: Logger(label: "grpc.core") { _ in CapturingLogHandler(store: store) })
+        defer { GRPCRuntime.routeCoreLogs(to: nil) }
+        let server = GRPCServer(
+            configuration: GRPCServerConfiguration(address: "unix:/nonexistent-dir-for-test/log.sock"), handlers: [:])
+        #expect(throws: GRPCStatus.self) { try server.start() }
+        let lines = store.lines.withLock { $0 }
+        #expect(lines.contains { $0.hasPrefix("warning") && $0.contains("No such file or directory") }, "\(lines)")
     }
 
     @Test("20 start / call / shutdown cycles")

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Synchronization
 @testable import GRPCTransport
 
@@ -137,4 +138,24 @@ func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool
         usleep(1_000)
     }
     return condition()
+}
+
+/// A swift-log handler that keeps the messages it receives.
+struct CapturingLogHandler: LogHandler {
+    final class Store: Sendable {
+        let lines = Mutex<[String]>([])
+    }
+
+    let store: Store
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        store.lines.withLock { $0.append("\(event.level) \(event.message)") }
+    }
 }

@@ -126,10 +126,11 @@ struct RotationTests {
         let secondSocket = first.hsm.root.appendingPathComponent("second.sock").path
         let second = Process()
         second.executableURL = URL(fileURLWithPath: PluginProcess.executable)
-        second.arguments = ["serve", "--listen", "unix://\(secondSocket)"] + first.tokenArguments
+        second.arguments = ["serve", "--listen", "unix://\(secondSocket)", "--http-listen", "off"] + first.tokenArguments
         second.environment = first.environment
         second.standardError = FileHandle.nullDevice
         try second.run()
+        ChildProcesses.register(second.processIdentifier)
         defer { second.terminate(); second.waitUntilExit() }
         var secondClient: KMSClient?
         for _ in 0..<100 where secondClient == nil {
@@ -151,48 +152,85 @@ struct RotationTests {
         #expect(try a.decrypt(fromB.ciphertext, keyID: next) == seed)
     }
 
+    /// Kills `p11kms rotate` with SIGKILL at many points and checks the invariants after each: exactly one current
+    /// key, every ciphertext ever returned still decrypts, and a final rotate completes the job.
+    ///
+    /// The rotate under test runs through the fault-injecting module (forwarding to SoftHSM) with a private plan and
+    /// call log: kill points are taken (a) deterministically inside chosen PKCS#11 calls, held open by an injected
+    /// delay, and (b) at random times. All of them come after `C_Login` has returned: SoftHSM 2.6.1's file store
+    /// rewrites token.object in place (truncate, then write) on every login, and a SIGKILL inside that write
+    /// destroys the token for every PKCS#11 client — a property of SoftHSM's store that no client can change.
     @Test("kill -9 at many points of rotate: always exactly one current key, nothing lost, rotate again finishes")
     func crashSafety() throws {
         let plugin = try PluginProcess(name: "crash")
         try plugin.start()
         let client = try plugin.client()
-        var wrapped: [(Data, String, [UInt8])] = []
-        // Time a full rotate to spread the kill points over it.
-        let t0 = Date()
-        _ = try plugin.rotate()
-        let duration = Date().timeIntervalSince(t0)
-        var killedMidway = 0
-        for attempt in 0..<24 {
-            let seed = randomBytes(32)
-            let response = try client.encrypt(seed)
-            wrapped.append((response.ciphertext, response.keyID, seed))
+        let faultRoot = try TemporaryDirectory.make(prefix: "crash-plan")
+        let planPath = faultRoot.appendingPathComponent("plan").path
+        let callLog = faultRoot.appendingPathComponent("calls.log").path
+        let arguments = ["rotate", "--module", FaultModule.path, "--token-label", plugin.tokenLabel, "--pin-file", plugin.pinFile]
+        var environment = plugin.environment
+        environment["FAULTPKCS11_MODULE"] = SoftHSMFixture.modulePath
+        environment["FAULTPKCS11_CONTROL"] = planPath
+        environment["FAULTPKCS11_LOG"] = callLog
+
+        func loggedLogin() -> Bool {
+            ((try? String(contentsOfFile: callLog, encoding: .utf8)) ?? "").contains(" C_Login ")
+        }
+
+        /// Starts rotate with `plan`, waits until it has logged in, waits `after` more, then kills it.
+        func killRotate(plan: String, after: TimeInterval) throws -> Bool {
+            try plan.write(toFile: planPath, atomically: true, encoding: .utf8)
+            try "".write(toFile: callLog, atomically: false, encoding: .utf8)
             let rotate = Process()
             rotate.executableURL = URL(fileURLWithPath: PluginProcess.executable)
-            rotate.arguments = ["rotate"] + plugin.tokenArguments
-            rotate.environment = plugin.environment
+            rotate.arguments = arguments
+            rotate.environment = environment
             rotate.standardOutput = FileHandle.nullDevice
             rotate.standardError = FileHandle.nullDevice
             try rotate.run()
-            let delay = duration * Double(attempt) / 20.0
-            usleep(useconds_t(delay * 1_000_000))
+            let deadline = Date().addingTimeInterval(10)
+            while !loggedLogin() && rotate.isRunning && Date() < deadline { usleep(2_000) }
+            usleep(useconds_t(after * 1_000_000))
             kill(rotate.processIdentifier, SIGKILL)
             rotate.waitUntilExit()
-            if rotate.terminationReason == .uncaughtSignal { killedMidway += 1 }
+            return rotate.terminationReason == .uncaughtSignal
+        }
+
+        var wrapped: [(Data, String, [UInt8])] = []
+        func checkInvariants(_ label: String) throws {
             let listing = try plugin.keys()
-            #expect(listing.current.count == 1, "attempt \(attempt): \(listing.keys.map { "\($0.key_id) \($0.state)" })")
+            #expect(listing.current.count == 1, "\(label): \(listing.keys.map { "\($0.key_id) \($0.state)" })")
             #expect(Set(listing.keys.map(\.key_id)).count == listing.keys.count)
             for (ciphertext, keyID, seed) in wrapped {
-                #expect(try client.decrypt(ciphertext, keyID: keyID) == seed, "attempt \(attempt)")
+                #expect(try client.decrypt(ciphertext, keyID: keyID) == seed, "\(label)")
             }
+            let seed = randomBytes(32)
+            let response = try client.encrypt(seed)
+            wrapped.append((response.ciphertext, response.keyID, seed))
         }
-        #expect(killedMidway > 0)
+        try checkInvariants("start")
+
+        // (a) Inside each PKCS#11 call of a rotation, held open for 400 ms.
+        var killed = 0
+        for function in ["C_FindObjectsInit", "C_GetAttributeValue", "C_GenerateKey", "C_EncryptInit", "C_Encrypt",
+                         "C_DecryptInit", "C_Decrypt", "C_SetAttributeValue"] {
+            if try killRotate(plan: "delay \(function) 400\n", after: 0.15) { killed += 1 }
+            try checkInvariants("killed in \(function)")
+        }
+        // (b) At random instants after login, spread over a whole rotation.
+        for attempt in 0..<16 {
+            if try killRotate(plan: "", after: Double(attempt) * 0.006) { killed += 1 }
+            try checkInvariants("random kill \(attempt)")
+        }
+        #expect(killed >= 8)
+
+        // Rotating again completes the job: a new current key, all old ciphertexts fine.
+        try "".write(toFile: planPath, atomically: true, encoding: .utf8)
         let final = try plugin.rotate()
-        let listing = try plugin.keys()
-        #expect(listing.current.map(\.key_id) == [final])
+        #expect(try plugin.keys().current.map(\.key_id) == [final])
         _ = try plugin.waitForKey(final, client: client)
-        for (ciphertext, keyID, seed) in wrapped {
-            #expect(try client.decrypt(ciphertext, keyID: keyID) == seed)
-        }
+        try checkInvariants("final")
     }
 
     @Test("--status-version v2beta1 for 1.27-1.28 apiservers")
