@@ -1,0 +1,38 @@
+/// The one state a stored Secret is classified into (see PROTOCOL.md section 3 for the formats).
+public enum SecretState: String, Sendable, CaseIterable, Hashable, Comparable {
+    /// Unencrypted: protobuf (`k8s\0` + runtime.Unknown) or JSON.
+    case plaintext
+    /// A KMS v2 envelope of this provider under the plugin's current key_id.
+    case current
+    /// A KMS v2 envelope of this provider under an older key the plugin still holds.
+    case stale
+    /// A KMS v2 envelope of this provider under a key_id the plugin cannot decrypt with (not held, retired, foreign).
+    case unknownKey = "unknown-key"
+    /// A KMS envelope (v1 or v2) of another provider name.
+    case otherProvider = "other-provider"
+    /// A KMS v1 envelope of this provider.
+    case kmsV1 = "kms-v1"
+    /// Encrypted with a local key: `aescbc`, `aesgcm` or `secretbox`.
+    case localKey = "local-key"
+    /// Carries this provider's KMS v2 prefix but the envelope does not parse, or matches no known storage format.
+    case undecodable
+
+    /// Report order: the goal state first, then what a rotation or migration still has to rewrite.
+    public var order: Int {
+        switch self {
+        case .current: 0
+        case .stale: 1
+        case .unknownKey: 2
+        case .plaintext: 3
+        case .kmsV1: 4
+        case .localKey: 5
+        case .otherProvider: 6
+        case .undecodable: 7
+        }
+    }
+
+    public static func < (lhs: SecretState, rhs: SecretState) -> Bool { lhs.order < rhs.order }
+
+    /// All states in report order.
+    public static var reportOrder: [SecretState] { allCases.sorted() }
+}
