@@ -167,15 +167,23 @@ struct OperationsTests {
         let plugin = try PluginProcess(name: "drain")
         let root = try TemporaryDirectory.make(prefix: "drain-plan")
         let plan = root.appendingPathComponent("plan").path
+        let calls = root.appendingPathComponent("calls.log").path
         _ = FileManager.default.createFile(atPath: plan, contents: Data())
         // The token answers C_Encrypt only after 1.5 s: the call is in flight when SIGTERM arrives.
-        try plugin.start(["--module", FaultModule.path, "--shutdown-grace", "5"],
-                         environment: ["FAULTPKCS11_MODULE": SoftHSMFixture.modulePath, "FAULTPKCS11_CONTROL": plan])
-        try "delay C_Encrypt 1500\n".write(toFile: plan, atomically: true, encoding: .utf8)
+        try plugin.start(["--module", FaultModule.path, "--shutdown-grace", "5", "--canary-interval", "600"],
+                         environment: ["FAULTPKCS11_MODULE": SoftHSMFixture.modulePath, "FAULTPKCS11_CONTROL": plan,
+                                       "FAULTPKCS11_LOG": calls])
         let client = try plugin.client()
+        _ = try client.status()
+        try "delay C_Encrypt 1500\n".write(toFile: plan, atomically: true, encoding: .utf8)
+        func encryptInits() -> Int {
+            ((try? String(contentsOfFile: calls, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains(" C_EncryptInit ") }.count
+        }
+        let before = encryptInits()
         let seed = randomBytes(32)
         async let slow: Result<String, any Error> = Blocking.run { Result { try client.encrypt(seed).keyID } }
-        usleep(400_000)
+        // SIGTERM only once the request is inside the token (its C_EncryptInit has returned).
+        #expect(waitUntil(10) { encryptInits() > before })
         let pid = try #require(plugin.process?.processIdentifier)
         kill(pid, SIGTERM)
         let keyID = try await slow.get()
