@@ -144,8 +144,12 @@ struct Destroy: ParsableCommand {
     @Flag(help: "Confirm that the key is to be deleted for good.")
     var yesDestroyForever = false
 
+    @Option(help: ArgumentHelp("Output of 'p11kms audit --verify --format json': refuse if any Secret in it is still stored under the key.", valueName: "file"))
+    var auditJson: String?
+
     func run() throws {
         let id = parseKeyID(keyID)
+        if let auditJson { try checkAudit(auditJson, keyID: id.keyID) }
         FileHandle.standardError.write(Data("""
         WARNING: destroying \(id.keyID) deletes it from the token for good. Every Secret (and every KMS v1 value)
         still wrapped under it becomes unreadable forever. Prove first that nothing uses it:
@@ -162,6 +166,30 @@ struct Destroy: ParsableCommand {
         } catch {
             fail("destroy failed: \(error)")
         }
+    }
+}
+
+extension Destroy {
+    /// The audit is the proof that a key is unused: every Secret it lists under the key blocks the destroy.
+    func checkAudit(_ path: String, keyID: String) throws {
+        guard let data = FileManager.default.contents(atPath: path),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let secrets = object["secrets"] as? [[String: Any]] else {
+            fail("\(path) is not the JSON output of 'p11kms audit --format json'", code: 2)
+        }
+        let using = secrets.filter { ($0["key_id"] as? String) == keyID }
+        if !using.isEmpty {
+            let names = using.prefix(10).map { "\($0["namespace"] as? String ?? "")/\($0["name"] as? String ?? "")" }
+            fail("not destroyed: the audit in \(path) lists \(using.count) Secret(s) still stored under \(keyID), e.g. \(names.joined(separator: ", ")); re-encrypt them first", code: 1)
+        }
+        if let verify = object["verify"] as? [String: Any], let failures = verify["failed"] as? [Any], !failures.isEmpty {
+            fail("not destroyed: the audit in \(path) reports \(failures.count) data key(s) that could not be unwrapped; resolve them first", code: 1)
+        }
+        if let attributes = try? FileManager.default.attributesOfItem(atPath: path), let modified = attributes[.modificationDate] as? Date,
+           Date().timeIntervalSince(modified) > 24 * 3600 {
+            FileHandle.standardError.write(Data("warning: \(path) is more than a day old; run the audit again for a current proof\n".utf8))
+        }
+        FileHandle.standardError.write(Data("the audit in \(path) shows no Secret under \(keyID) (\(secrets.count) Secrets audited)\n".utf8))
     }
 }
 

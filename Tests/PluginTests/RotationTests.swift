@@ -118,6 +118,34 @@ struct RotationTests {
         #expect(try plugin.run(["keys"] + plugin.tokenArguments).status == 0)
     }
 
+    @Test("destroy consults an audit: refused while a Secret is stored under the key, allowed once none is")
+    func destroyWithAudit() throws {
+        let plugin = try PluginProcess(name: "audit-destroy", initialize: true)
+        let key1 = plugin.initialKeyID
+        let key2 = try plugin.rotate()
+        #expect(try plugin.run(["retire", key1] + plugin.tokenArguments).status == 0)
+        let audit = plugin.hsm.root.appendingPathComponent("audit.json").path
+        func writeAudit(_ keyIDs: [String], failed: Int = 0) throws {
+            let secrets = keyIDs.enumerated().map { i, key in
+                "{\"namespace\": \"fabric\", \"name\": \"peer\(i)-msp\", \"state\": \"\(key == key2 ? "current" : "unknown-key")\", \"provider\": \"p11kms\", \"key_id\": \"\(key)\"}"
+            }
+            let failures = (0..<failed).map { _ in "{\"key_id\": \"\(key1)\", \"error\": \"retired\", \"secrets\": []}" }
+            try "{\"summary\": {\"total\": \(keyIDs.count), \"by_state\": {}}, \"secrets\": [\(secrets.joined(separator: ","))], \"verify\": {\"checked\": 1, \"failed\": [\(failures.joined(separator: ","))]}}"
+                .write(toFile: audit, atomically: true, encoding: .utf8)
+        }
+        try writeAudit([key2, key1, key2])
+        let refused = try plugin.run(["destroy", key1, "--yes-destroy-forever", "--audit-json", audit] + plugin.tokenArguments)
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("1 Secret(s) still stored under \(key1)") && refused.stderr.contains("fabric/peer1-msp"))
+        try writeAudit([key2, key2], failed: 1)
+        #expect(try plugin.run(["destroy", key1, "--yes-destroy-forever", "--audit-json", audit] + plugin.tokenArguments).status == 1)
+        #expect(try plugin.keys().keys.contains { $0.key_id == key1 })
+        try writeAudit([key2, key2])
+        let allowed = try plugin.run(["destroy", key1, "--yes-destroy-forever", "--audit-json", audit] + plugin.tokenArguments)
+        #expect(allowed.status == 0, "\(allowed.stderr)")
+        #expect(try plugin.keys().keys.map(\.key_id) == [key2])
+    }
+
     @Test("two plugin processes on one token agree on the current key after a rotation")
     func twoProcesses() throws {
         let first = try PluginProcess(name: "twins")
