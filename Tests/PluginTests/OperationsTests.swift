@@ -44,6 +44,14 @@ func httpGet(port: Int, path: String) throws -> (status: Int, body: String) {
     return (status, body)
 }
 
+final class OutcomeBox: @unchecked Sendable {
+    // Written once by the calling thread before it signals; read after the wait.
+    private var value: Result<String, any Error>?
+    private let lock = NSLock()
+    func set(_ result: Result<String, any Error>) { lock.lock(); value = result; lock.unlock() }
+    func get() -> Result<String, any Error>? { lock.lock(); defer { lock.unlock() }; return value }
+}
+
 func metricValue(_ metrics: String, _ series: String) -> Double? {
     for line in metrics.split(separator: "\n") where line.hasPrefix(series + " ") {
         return Double(line.dropFirst(series.count + 1))
@@ -163,7 +171,7 @@ struct OperationsTests {
     }
 
     @Test("SIGTERM lets an in-flight call finish (bounded drain), then removes the socket")
-    func gracefulDrain() async throws {
+    func gracefulDrain() throws {
         let plugin = try PluginProcess(name: "drain")
         let root = try TemporaryDirectory.make(prefix: "drain-plan")
         let plan = root.appendingPathComponent("plan").path
@@ -181,12 +189,19 @@ struct OperationsTests {
         }
         let before = encryptInits()
         let seed = randomBytes(32)
-        async let slow: Result<String, any Error> = Blocking.run { Result { try client.encrypt(seed).keyID } }
+        // The slow call runs on a thread of its own (not a task: the cooperative pool may be busy with other tests).
+        let outcome = OutcomeBox()
+        let finished = DispatchSemaphore(value: 0)
+        Thread {
+            outcome.set(Result { try client.encrypt(seed).keyID })
+            finished.signal()
+        }.start()
         // SIGTERM only once the request is inside the token (its C_EncryptInit has returned).
         #expect(waitUntil(10) { encryptInits() > before })
         let pid = try #require(plugin.process?.processIdentifier)
         kill(pid, SIGTERM)
-        let keyID = try await slow.get()
+        #expect(finished.wait(timeout: .now() + 10) == .success)
+        let keyID = try #require(outcome.get()).get()
         #expect(keyID == plugin.initialKeyID)
         #expect(plugin.stop() == 0)
         #expect(!FileManager.default.fileExists(atPath: plugin.socketPath))
