@@ -114,32 +114,10 @@ public struct StorageClassifier: Sendable {
         if object.encryptedData.isEmpty { return "encryptedData is empty" }
         if object.encryptedData.count < minimumData { return "encryptedData is too short (\(object.encryptedData.count) bytes)" }
         if object.keyID.isEmpty { return "keyID is empty" }
-        if object.keyID.utf8.count > 1024 { return "keyID is longer than 1024 bytes" }
+        if object.keyID.utf8.count > KMSv2Limits.maxKeyIDBytes { return "keyID is longer than 1024 bytes" }
         if object.encryptedDeksource.isEmpty { return "encryptedDEKSource is empty" }
-        if object.encryptedDeksource.count > 1024 { return "encryptedDEKSource is longer than 1024 bytes" }
-        var total = 0
-        for (key, value) in object.annotations {
-            if !isFullyQualifiedDomainName(key) { return "annotation key is not a fully qualified domain name" }
-            total += key.utf8.count + value.count
-        }
-        if total > 32 * 1024 { return "annotations exceed 32 KiB" }
+        if object.encryptedDeksource.count > KMSv2Limits.maxCiphertextBytes { return "encryptedDEKSource is longer than 1024 bytes" }
+        if let problem = KMSv2Limits.annotationProblem(object.annotations) { return problem }
         return nil
-    }
-
-    /// apimachinery's `IsFullyQualifiedDomainName`: a lowercase RFC 1123 subdomain of at most 253 characters with
-    /// at least two labels and an optional trailing dot.
-    static func isFullyQualifiedDomainName(_ name: String) -> Bool {
-        var name = Substring(name)
-        if name.hasSuffix(".") { name = name.dropLast() }
-        guard !name.isEmpty, name.utf8.count <= 253 else { return false }
-        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
-        guard labels.count >= 2 else { return false }
-        for label in labels {
-            let bytes = Array(label.utf8)
-            guard let first = bytes.first, let last = bytes.last, bytes.count <= 63 else { return false }
-            func alnum(_ c: UInt8) -> Bool { (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) }
-            guard alnum(first), alnum(last), bytes.allSatisfy({ alnum($0) || $0 == UInt8(ascii: "-") }) else { return false }
-        }
-        return true
     }
 }

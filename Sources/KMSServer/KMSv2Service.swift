@@ -82,8 +82,8 @@ public struct KMSv2Service: Sendable {
             throw GRPCStatus(.invalidArgument, "malformed DecryptRequest")
         }
         do throws(KMSError) {
-            let annotations = request.annotations.mapValues { Array($0) }
-            if let problem = Annotations.validate(annotations) { throw KMSError.invalid(problem) }
+            let annotations = request.annotations
+            if let problem = KMSv2Limits.annotationProblem(annotations) { throw KMSError.invalid(problem) }
             // p11kms never returns annotations, so any annotation on a Decrypt is not one of ours.
             if let key = annotations.keys.sorted().first {
                 throw KMSError.invalid("unexpected annotation \"\(key.prefix(64))\": p11kms ciphertexts carry none")

@@ -10,14 +10,7 @@ struct Init: ParsableCommand {
     @OptionGroup var token: TokenOptions
 
     func run() throws {
-        let configuration = try token.resolved()
-        let tokenHandle = Token(configuration: configuration)
-        do {
-            try tokenHandle.connect()
-        } catch {
-            fail("cannot open the token: \(error)")
-        }
-        let ring = KeyRing(token: tokenHandle)
+        let ring = try openKeyRing(token)
         do {
             let (key, created) = try ring.initialize()
             FileHandle.standardError.write(Data((created ? "created root key \(key.label)\n" : "the token already has a current root key (\(key.label))\n").utf8))

@@ -4,8 +4,8 @@ import KeyService
 import PKCS11
 
 /// Opens the token named by the shared flags, failing with a clear message.
-func openKeyRing(_ options: TokenOptions) throws -> KeyRing {
-    let configuration = try options.resolved()
+func openKeyRing(_ options: TokenOptions, settings: SettingsResolver? = nil) throws -> KeyRing {
+    let configuration = try options.resolved(settings)
     let token = Token(configuration: configuration)
     do {
         try token.connect()

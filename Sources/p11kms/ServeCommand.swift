@@ -86,7 +86,7 @@ struct Serve: ParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
 
-        let tokenConfiguration = try token.resolved(settings)
+        let tokenLabel = settings.resolve("token-label", flag: token.tokenLabel).value ?? ""
         var configuration = PluginConfiguration(listen: try SocketAddress(listen: settings.resolve("listen", flag: listen).value ?? ""))
         let mode = settings.resolve("socket-mode", flag: socketMode)
         guard let parsedMode = mode.value.flatMap({ mode_t($0, radix: 8) }), parsedMode <= 0o777 else {
@@ -108,18 +108,7 @@ struct Serve: ParsableCommand {
         let probe = try settings.seconds("probe-interval", flag: probeInterval)
         let canary = try settings.seconds("canary-interval", flag: canaryInterval)
 
-        let tokenHandle = Token(configuration: tokenConfiguration)
-        do {
-            try tokenHandle.connect()
-        } catch {
-            fail("cannot open the token (\(tokenConfiguration.modulePath), label \(tokenConfiguration.tokenLabel)): \(error)")
-        }
-        let ring = KeyRing(token: tokenHandle)
-        do {
-            try ring.refresh()
-        } catch {
-            fail("cannot read the root keys: \(error)")
-        }
+        let ring = try openKeyRing(token, settings: settings)
         guard let current = ring.current else {
             fail("the token has no current root key; run 'p11kms init' first")
         }
@@ -145,7 +134,7 @@ struct Serve: ParsableCommand {
         } catch {
             fail(error.description)
         }
-        logger.info("root key", metadata: ["current_key_id": "\(current.keyID)", "token": "\(tokenConfiguration.tokenLabel)"])
+        logger.info("root key", metadata: ["current_key_id": "\(current.keyID)", "token": "\(tokenLabel)"])
         let signal = Signals.waitForTermination()
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace_seconds": "\(configuration.shutdownGrace.components.seconds)"])
         server.shutdown()

@@ -136,10 +136,10 @@ import TestSupport
 
     @Test func fullyQualifiedDomainNames() {
         for good in ["a.b", "version.p11kms.io", "x-1.example.com.", "1.2"] {
-            #expect(StorageClassifier.isFullyQualifiedDomainName(good), "\(good)")
+            #expect(KMSv2Limits.isFullyQualifiedDomainName(good), "\(good)")
         }
         for bad in ["a", "A.b", "-a.b", "a-.b", "a..b", "", ".", "a_b.c", String(repeating: "a", count: 64) + ".b"] {
-            #expect(!StorageClassifier.isFullyQualifiedDomainName(bad), "\(bad)")
+            #expect(!KMSv2Limits.isFullyQualifiedDomainName(bad), "\(bad)")
         }
     }
 }
