@@ -30,9 +30,14 @@ public final class KMSMetrics: Sendable {
     /// warns once a key passes this many encryptions in one process.
     public static let encryptionWarningThreshold: UInt64 = 1 << 31
 
-    private let operations: [String: Counter]
+    private let operations: [String: [Outcome: Counter]]
     private let durations: [String: Timer]
-    private let keyUse = Mutex<[String: (counter: Counter, count: UInt64)]>([:])
+    private struct KeyUse: Hashable {
+        let keyID: String
+        let operation: String
+    }
+
+    private let keyUse = Mutex<[KeyUse: (counter: Counter, count: UInt64)]>([:])
     private let tokenHealthy = Gauge(label: "p11kms_token_healthy")
     private let sessionsOpen = Gauge(label: "p11kms_pkcs11_sessions_open")
     private let sessionsInUse = Gauge(label: "p11kms_pkcs11_sessions_in_use")
@@ -54,11 +59,11 @@ public final class KMSMetrics: Sendable {
             true: Counter(label: "p11kms_token_probes_total", dimensions: [("result", "ok")]),
             false: Counter(label: "p11kms_token_probes_total", dimensions: [("result", "failed")]),
         ]
-        var operations: [String: Counter] = [:]
+        var operations: [String: [Outcome: Counter]] = [:]
         var durations: [String: Timer] = [:]
         for method in KMSMetrics.methods {
             for outcome in Outcome.allCases {
-                operations["\(method)/\(outcome.rawValue)"] = Counter(
+                operations[method, default: [:]][outcome] = Counter(
                     label: "p11kms_operations_total", dimensions: [("method", method), ("outcome", outcome.rawValue)])
             }
             durations[method] = Timer(label: "p11kms_operation_duration_seconds", dimensions: [("method", method)],
@@ -69,7 +74,7 @@ public final class KMSMetrics: Sendable {
     }
 
     public func record(method: String, outcome: Outcome, since started: ContinuousClock.Instant, keyID: String? = nil) {
-        operations["\(method)/\(outcome.rawValue)"]?.increment()
+        operations[method]?[outcome]?.increment()
         let elapsed = ContinuousClock.now - started
         durations[method]?.recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
         if let keyID, method == "Encrypt" || method == "Decrypt" {
@@ -79,7 +84,7 @@ public final class KMSMetrics: Sendable {
 
     /// Counts one use of a root key; warns (once) when a key's encryptions in this process pass the threshold.
     private func countKeyUse(keyID: String, operation: String) {
-        let name = "\(keyID)/\(operation)"
+        let name = KeyUse(keyID: keyID, operation: operation)
         let crossed: UInt64? = keyUse.withLock { counters in
             var entry = counters[name] ?? (Counter(label: "p11kms_root_key_operations_total",
                                                    dimensions: [("key_id", keyID), ("operation", operation)]), 0)
