@@ -104,8 +104,16 @@ public final class PluginServer: Sendable {
             throw ServeError("cannot listen on \(configuration.listen): \(error.message)")
         }
         umask(previous)
-        try SocketPolicy.applyPermissions(configuration.listen, mode: configuration.socketMode, group: configuration.socketGroup)
         let inode = SocketPolicy.inode(configuration.listen)
+        do throws(ServeError) {
+            try SocketPolicy.applyPermissions(configuration.listen, mode: configuration.socketMode, group: configuration.socketGroup)
+        } catch {
+            // Leave nothing behind: no server, no socket file.
+            server.shutdown(gracePeriod: .zero)
+            http?.shutdown()
+            SocketPolicy.remove(configuration.listen, inode: inode)
+            throw error
+        }
         state.withLock { $0.started = true; $0.inode = inode }
         health.start()
         logger.info("serving", metadata: [

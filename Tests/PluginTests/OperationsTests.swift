@@ -247,6 +247,22 @@ struct OperationsTests {
         #expect(try plugin.run(["serve", "--config", config, "--print-config"]).stderr.contains("unknown setting"))
     }
 
+    @Test("--socket-mode and --socket-group set the socket's permissions; an unknown group fails start-up")
+    func socketGroup() throws {
+        let plugin = try PluginProcess(name: "group")
+        let group = try #require(getgrgid(getegid())).pointee
+        let groupName = String(cString: group.gr_name)
+        try plugin.start(["--socket-mode", "0660", "--socket-group", groupName])
+        var st = stat()
+        #expect(lstat(plugin.socketPath, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o660)
+        #expect(st.st_gid == group.gr_gid)
+        #expect(plugin.stop() == 0)
+        let bad = try plugin.run(["serve", "--listen", plugin.listen, "--socket-group", "no-such-group-p11kms", "--http-listen", "off"] + plugin.tokenArguments)
+        #expect(bad.status == 1 && bad.stderr.contains("unknown group"))
+        #expect(!FileManager.default.fileExists(atPath: plugin.socketPath))
+    }
+
     @Test("JSON logs: one object per line with request lines at debug, no secrets")
     func jsonLogs() throws {
         let plugin = try PluginProcess(name: "jsonlog")
