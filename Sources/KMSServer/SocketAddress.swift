@@ -29,7 +29,7 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
     /// The address in the gRPC C core's syntax.
     public var grpcAddress: String { isAbstract ? "unix-abstract:\(path.dropFirst())" : "unix:\(path)" }
 
-    public var description: String { "unix://\(path)" }
+    public var description: String { isAbstract ? "unix:///\(path)" : "unix://\(path)" }
 }
 
 /// A start-up or serving problem, with a message meant for the admin.

@@ -263,6 +263,24 @@ struct OperationsTests {
         #expect(!FileManager.default.fileExists(atPath: plugin.socketPath))
     }
 
+    @Test("an abstract socket (unix:///@name, as kube-apiserver writes it) serves, and a second server on it is refused")
+    func abstractSocket() throws {
+        let plugin = try PluginProcess(name: "abstract")
+        let name = "p11kms-test-\(UInt32.random(in: 0...UInt32.max))"
+        let serve = Process()
+        serve.executableURL = URL(fileURLWithPath: PluginProcess.executable)
+        serve.arguments = ["serve", "--listen", "unix:///@\(name)", "--http-listen", "off"] + plugin.tokenArguments
+        serve.environment = plugin.environment
+        serve.standardError = FileHandle.nullDevice
+        try serve.run()
+        ChildProcesses.register(serve.processIdentifier)
+        defer { serve.terminate(); serve.waitUntilExit() }
+        #expect(try waitUntil(10) { try plugin.run(["status", "--listen", "unix:///@\(name)"]).status == 0 })
+        let second = try plugin.run(["serve", "--listen", "unix:///@\(name)", "--http-listen", "off"] + plugin.tokenArguments)
+        #expect(second.status == 1)
+        #expect(serve.isRunning)
+    }
+
     @Test("JSON logs: one object per line with request lines at debug, no secrets")
     func jsonLogs() throws {
         let plugin = try PluginProcess(name: "jsonlog")
