@@ -42,7 +42,6 @@ public final class Token: @unchecked Sendable {
     private var pinRejected = false
     private var logins: UInt64 = 0
     private var lastReconnect: ContinuousClock.Instant?
-    private var lastFailure: PKCS11Error?
 
     public init(configuration: TokenConfiguration) {
         self.configuration = configuration
@@ -254,10 +253,8 @@ public final class Token: @unchecked Sendable {
             return true
         }
         guard due else { return }
-        do throws(PKCS11Error) {
-            try module.reinitialize(ifGeneration: seen)
-        } catch {
-            lock.withLock { lastFailure = error }
-        }
+        // A failed re-initialisation leaves the module uninitialised: the next call fails with
+        // CKR_CRYPTOKI_NOT_INITIALIZED, counts as a lost device, and tries again (rate-limited as above).
+        try? module.reinitialize(ifGeneration: seen)
     }
 }
