@@ -93,15 +93,6 @@ public struct KMSv1Service: Sendable {
     }
 
     private func fail(_ method: String, _ error: KMSError, since started: ContinuousClock.Instant) -> GRPCStatus {
-        let outcome = KMSMetrics.Outcome(error)
-        metrics.record(method: method, outcome: outcome, since: started)
-        if error.code == .unavailable { health.reportUnavailable(error) }
-        let metadata: Logger.Metadata = ["api": "v1beta1", "code": "\(outcome.rawValue)", "error": "\(error.message)"]
-        if outcome == .invalidInput {
-            logger.debug("\(method.lowercased()) rejected", metadata: metadata)
-        } else {
-            logger.warning("\(method.lowercased()) failed", metadata: metadata)
-        }
-        return GRPCStatus(error)
+        reportFailure(method, error, since: started, metadata: ["api": "v1beta1"], metrics: metrics, health: health, logger: logger)
     }
 }

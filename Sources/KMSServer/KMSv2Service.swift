@@ -100,17 +100,9 @@ public struct KMSv2Service: Sendable {
     }
 
     private func fail(_ method: String, _ error: KMSError, uid: String, since started: ContinuousClock.Instant, keyID: String? = nil) -> GRPCStatus {
-        let outcome = KMSMetrics.Outcome(error)
-        metrics.record(method: method, outcome: outcome, since: started)
-        if error.code == .unavailable { health.reportUnavailable(error) }
-        var metadata: Logger.Metadata = ["uid": "\(uid)", "code": "\(outcome.rawValue)", "error": "\(error.message)"]
+        var metadata: Logger.Metadata = ["uid": "\(uid)"]
         if let keyID { metadata["key_id"] = "\(keyID.prefix(1024))" }
-        if outcome == .invalidInput {
-            logger.debug("\(method.lowercased()) rejected", metadata: metadata)
-        } else {
-            logger.warning("\(method.lowercased()) failed", metadata: metadata)
-        }
-        return GRPCStatus(error)
+        return reportFailure(method, error, since: started, metadata: metadata, metrics: metrics, health: health, logger: logger)
     }
 }
 
