@@ -23,6 +23,8 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CGRPC", path: "Sources/CGRPC"),
         .systemLibrary(name: "CPKCS11", path: "Sources/CPKCS11"),
+        // Long-running parts as services (start, shutdown within a deadline), the one way threads are started.
+        .target(name: "Lifecycle"),
         .target(name: "PKCS11", dependencies: ["CPKCS11"]),
         .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
         .target(name: "KMSServer", dependencies: [
@@ -69,6 +71,12 @@ let package = Package(
             "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
+        // The KMS pipeline, health and refusals in-process, on a real SoftHSM token.
+        .testTarget(name: "KMSServerTests", dependencies: [
+            "KMSServer", "KeyService", "PKCS11", "KMSProto", "GRPCTransport", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
         // Generated message types for the KMS plugin APIs (v2, v1beta1) and
         // the apiserver's EncryptedObject. Regenerate with
@@ -94,7 +102,7 @@ let package = Package(
         .target(
             name: "GRPCTransport",
             dependencies: [
-                "CGRPC",
+                "CGRPC", "Lifecycle",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

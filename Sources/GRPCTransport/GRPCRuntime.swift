@@ -1,4 +1,5 @@
 import CGRPC
+import Lifecycle
 import Logging
 import Synchronization
 
@@ -24,7 +25,7 @@ import Darwin
 /// ignored process-wide on first use.
 public enum GRPCRuntime {
     /// The signals blocked by default: termination requests and SIGPIPE.
-    public static let defaultBlockedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2]
+    public static let defaultBlockedSignals: [Int32] = ServiceThread.blockedSignals
 
     /// Blocks `signals` on the calling thread (normally the main thread, before any gRPC object is
     /// created) so that every thread started afterwards inherits the mask. Also ignores SIGPIPE.
@@ -120,59 +121,3 @@ struct CHandle: @unchecked Sendable, Equatable {
     var raw: UnsafeMutableRawPointer { UnsafeMutableRawPointer(pointer) }
 }
 
-/// A joinable POSIX thread that is not part of Swift's cooperative pool.
-struct NativeThread: Sendable {
-    private let thread: pthread_t
-
-    private final class Body {
-        let name: String
-        let run: @Sendable () -> Void
-        init(name: String, run: @escaping @Sendable () -> Void) {
-            self.name = name
-            self.run = run
-        }
-    }
-
-    /// Starts `body` on a new thread whose signal mask blocks `GRPCRuntime.defaultBlockedSignals`.
-    static func spawn(name: String, _ body: @escaping @Sendable () -> Void) -> NativeThread {
-        let context = Unmanaged.passRetained(Body(name: name, run: body)).toOpaque()
-        var blocked = GRPCRuntime.blockedSet
-        var previous = sigset_t()
-        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
-        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-
-        #if canImport(Glibc)
-        var thread = pthread_t()
-        #else
-        var thread: pthread_t?
-        #endif
-        let result = pthread_create(&thread, nil, { argument in
-            let body = Unmanaged<Body>.fromOpaque(argument!).takeRetainedValue()
-            setCurrentThreadName(body.name)
-            body.run()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        #if canImport(Glibc)
-        return NativeThread(thread: thread)
-        #else
-        return NativeThread(thread: thread!)
-        #endif
-    }
-
-    func join() {
-        pthread_join(thread, nil)
-    }
-}
-
-/// Names the calling thread (shown by `top -H`, `ps -L`, debuggers). `pthread_setname_np` is not
-/// visible to Swift without _GNU_SOURCE, so write the name where it ends up anyway. Best effort.
-private func setCurrentThreadName(_ name: String) {
-    #if os(Linux)
-    let descriptor = open("/proc/thread-self/comm", O_WRONLY)
-    guard descriptor >= 0 else { return }
-    defer { close(descriptor) }
-    let bytes = Array(name.utf8.prefix(15))
-    _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-    #endif
-}

@@ -1,4 +1,5 @@
 import CGRPC
+import Lifecycle
 import Synchronization
 
 #if canImport(Glibc)
@@ -12,7 +13,8 @@ import Darwin
 /// Completion-queue threads and handler worker threads are the server's own POSIX threads, never
 /// Swift's cooperative pool. A server is started once and shut down once; create a new instance to
 /// listen again.
-public final class GRPCServer: Sendable {
+public final class GRPCServer: Service {
+    public var name: String { "grpc \(configuration.address)" }
     public let configuration: GRPCServerConfiguration
     private let handlers: [String: UnaryHandler]
     let state = Mutex(State.idle)
@@ -22,11 +24,13 @@ public final class GRPCServer: Sendable {
         case idle
         case running(Running)
         case stopped
+        /// Shut down past its deadline with handlers still running: threads and core objects left behind.
+        case abandoned
     }
 
     struct Running {
         let runtime: ServerRuntime
-        let queueThreads: [NativeThread]
+        let queueThreads: [ServiceThread]
         let boundPort: Int
     }
 
@@ -46,6 +50,19 @@ public final class GRPCServer: Sendable {
         counters.inFlight.load(ordering: .relaxed)
     }
 
+    /// Calls waiting for a worker thread (0 when handlers run inline or the server is stopped).
+    public var queuedCalls: Int { runningWorkers?.depth ?? 0 }
+
+    /// Worker threads inside a handler now.
+    public var busyWorkers: Int { runningWorkers?.busyWorkers ?? 0 }
+
+    private var runningWorkers: WorkerPool? {
+        state.withLock { state in
+            if case .running(let running) = state { return running.runtime.workers }
+            return nil
+        }
+    }
+
     /// The port the server listens on (TCP), or nil if it is not running. Unix sockets report 1.
     public var boundPort: Int? {
         state.withLock { state in
@@ -58,13 +75,22 @@ public final class GRPCServer: Sendable {
     ///
     /// The gRPC core removes an existing file at a unix socket path before binding, even if a live
     /// server is listening there; checking for that is the caller's job, as is setting permissions.
-    public func start() throws(GRPCStatus) {
+    public func start() throws(ServiceError) {
+        do throws(GRPCStatus) {
+            try startServing()
+        } catch {
+            throw ServiceError(error.message)
+        }
+    }
+
+    /// As `start()`, with the gRPC status of a failure.
+    public func startServing() throws(GRPCStatus) {
         try configuration.validate(methods: handlers.keys)
         try state.withLock { (state: inout State) throws(GRPCStatus) -> Void in
             switch state {
             case .idle: break
             case .running: throw GRPCStatus(.failedPrecondition, "the server is already running")
-            case .stopped: throw GRPCStatus(.failedPrecondition, "the server has been shut down; create a new one")
+            case .stopped, .abandoned: throw GRPCStatus(.failedPrecondition, "the server has been shut down; create a new one")
             }
             state = .running(try GRPCRuntime.withSignalsBlocked { () throws(GRPCStatus) in try launch() })
         }
@@ -94,7 +120,8 @@ public final class GRPCServer: Sendable {
                 Self.abandon(server: server, queues: queues, names: methodNames)
                 throw GRPCStatus(.invalidArgument, "the gRPC core refused to register method \(name)")
             }
-            methods.append(ServerRuntime.Method(name: name, handle: CHandle(handle), handler: handler))
+            methods.append(ServerRuntime.Method(
+                name: name, handle: CHandle(handle), handler: handler, inline: configuration.inlineMethods.contains(name)))
         }
 
         guard let credentials = configuration.makeCredentials() else {
@@ -110,14 +137,14 @@ public final class GRPCServer: Sendable {
         grpc_server_start(server)
 
         let workers = configuration.workerThreads > 0
-            ? WorkerPool(threadCount: configuration.workerThreads, name: "grpc-worker") : nil
+            ? WorkerPool(threadCount: configuration.workerThreads, limit: configuration.maxQueuedCalls, name: "grpc-worker") : nil
         let runtime = ServerRuntime(
             server: CHandle(server), queues: queues, methods: methods, methodNames: methodNames,
             workers: workers, counters: counters, logger: configuration.logger,
-            pendingPerQueue: configuration.pendingCallsPerQueue)
+            pendingPerQueue: configuration.pendingCallsPerQueue, observer: configuration.refusalObserver)
         runtime.postInitialRequests()
         let threads = queues.indices.map { index in
-            NativeThread.spawn(name: "grpc-cq-\(index)") { runtime.runQueue(index) }
+            ServiceThread.start(name: "grpc-cq-\(index)") { runtime.runQueue(index) }
         }
         return Running(runtime: runtime, queueThreads: threads, boundPort: Int(port))
     }

@@ -56,6 +56,23 @@ public struct GRPCServerConfiguration: Sendable {
     public var completionQueueThreads: Int = 1
     /// Threads running handlers; 0 runs handlers inline on the completion-queue thread.
     public var workerThreads: Int = 4
+    /// On shutdown (as a `Service`), how long in-flight calls may take to finish before they are cancelled.
+    public var shutdownGrace: Duration = .seconds(5)
+    /// Calls that may wait for a worker; beyond it new calls fail at once with `resourceExhausted`.
+    public var maxQueuedCalls: Int = 1024
+    /// Methods whose handlers run on the completion-queue thread, never queued behind worker calls. Their handlers
+    /// must not block (e.g. a health check that reads cached state).
+    public var inlineMethods: Set<String> = []
+    /// Why a call was answered without running its handler.
+    public enum Refusal: Sendable {
+        /// `maxQueuedCalls` calls were already waiting (answered `resourceExhausted`).
+        case queueFull
+        /// Its deadline passed before a worker could start it (answered `deadlineExceeded`).
+        case deadlineExpired
+    }
+    public typealias RefusalObserver = @Sendable (_ method: String, _ refusal: Refusal) -> Void
+    /// Told about every refused call (from server threads; keep it cheap).
+    public var refusalObserver: RefusalObserver?
     /// Largest request message accepted, in bytes (larger ones fail with `resourceExhausted`).
     public var maxReceiveMessageSize: Int = 4 * 1024 * 1024
     /// How many `grpc_server_request_*call` are kept outstanding per completion queue and method.
@@ -114,6 +131,7 @@ extension GRPCServerConfiguration {
             throw GRPCStatus(.invalidArgument, "completionQueueThreads must be at least 1")
         }
         guard workerThreads >= 0 else { throw GRPCStatus(.invalidArgument, "workerThreads must not be negative") }
+        guard maxQueuedCalls >= 1 else { throw GRPCStatus(.invalidArgument, "maxQueuedCalls must be at least 1") }
         guard pendingCallsPerQueue >= 1 else {
             throw GRPCStatus(.invalidArgument, "pendingCallsPerQueue must be at least 1")
         }

@@ -28,6 +28,9 @@ final class ServerCall: @unchecked Sendable {
     /// Index into `runtime.methods`, or `genericMethod` for the catch-all request.
     private var methodIndex = ServerCall.genericMethod
     private var request: [UInt8] = []
+    /// The call's deadline, read once when the call arrives (nil: none). Written before the slot is handed to a
+    /// worker, read by the worker pool under its lock.
+    private(set) var deadlineInstant: ContinuousClock.Instant?
 
     private let callSlot = UnsafeMutablePointer<OpaquePointer?>.allocate(capacity: 1)
     private let details = UnsafeMutablePointer<grpc_call_details>.allocate(capacity: 1)
@@ -129,11 +132,44 @@ final class ServerCall: @unchecked Sendable {
             return
         }
         request = bytes
-        if let workers = runtime.workers {
-            workers.submit(self)
-        } else {
+        let method = runtime.methods[methodIndex]
+        deadlineInstant = Self.instant(deadline.pointee)
+        guard let workers = runtime.workers, !method.inline else {
             runHandler(pool: pool)
+            return
         }
+        if let deadlineInstant, deadlineInstant <= .now {
+            answerExpired(pool: pool)
+            return
+        }
+        switch workers.submit(self) {
+        case .queued:
+            break
+        case .accepted(let expired):
+            for call in expired { call.answerExpired(pool: nil) }
+        case .full(let expired):
+            for call in expired { call.answerExpired(pool: nil) }
+            request = []
+            runtime.observer?(method.name, .queueFull)
+            sendFinal(GRPCStatus(.resourceExhausted, "the server is overloaded: \(workers.limit) calls are already waiting"),
+                      response: nil, pool: pool)
+        }
+    }
+
+    /// A worker took the call from the queue: runs it unless its deadline passed while it waited.
+    func runQueued() {
+        if let deadlineInstant, deadlineInstant <= .now {
+            answerExpired(pool: nil)
+            return
+        }
+        runHandler()
+    }
+
+    /// Answers a call whose deadline passed before it started; its handler never runs.
+    private func answerExpired(pool: CallPool?) {
+        request = []
+        runtime.observer?(runtime.methods[methodIndex].name, .deadlineExpired)
+        sendFinal(GRPCStatus(.deadlineExceeded, "the deadline passed before the call started"), response: nil, pool: pool)
     }
 
     /// Runs the handler and starts the final batch (worker thread, or the completion-queue thread
@@ -141,7 +177,7 @@ final class ServerCall: @unchecked Sendable {
     func runHandler(pool: CallPool? = nil) {
         let method = runtime.methods[methodIndex]
         let context = ServerCallContext(
-            method: method.name, metadata: metadata.pointee.copyPairs(), deadline: Self.instant(deadline.pointee))
+            method: method.name, metadata: metadata.pointee.copyPairs(), deadline: deadlineInstant)
         let input = request
         request = []
         do {
@@ -218,6 +254,7 @@ final class ServerCall: @unchecked Sendable {
             grpc_call_details_init(details)
         }
         phase = .idle
+        deadlineInstant = nil
         runtime.counters.inFlight.subtract(1, ordering: .relaxed)
         pool?.recycle(self)
     }

@@ -1,5 +1,5 @@
 import CGRPC
-import Dispatch
+import Lifecycle
 import Logging
 import Synchronization
 
@@ -23,6 +23,8 @@ final class ServerRuntime: Sendable {
         /// The handle returned by `grpc_server_register_method`.
         let handle: CHandle
         let handler: UnaryHandler
+        /// Runs on the completion-queue thread instead of a worker (never queued behind slow calls).
+        let inline: Bool
     }
 
     /// Tag of `grpc_server_shutdown_and_notify`; call slots are objects, never at address 1.
@@ -37,13 +39,16 @@ final class ServerRuntime: Sendable {
     let counters: ServerCounters
     let logger: Logger
     let pendingPerQueue: Int
+    let observer: GRPCServerConfiguration.RefusalObserver?
     /// Signalled when the shutdown tag comes back: the core has no calls or connections left.
-    let shutdownNotified = DispatchSemaphore(value: 0)
+    let shutdownNotified = Latch()
 
     init(
         server: CHandle, queues: [CHandle], methods: [Method], methodNames: [CHandle], workers: WorkerPool?,
-        counters: ServerCounters, logger: Logger, pendingPerQueue: Int
+        counters: ServerCounters, logger: Logger, pendingPerQueue: Int,
+        observer: GRPCServerConfiguration.RefusalObserver?
     ) {
+        self.observer = observer
         self.server = server
         self.queues = queues
         self.methods = methods
@@ -85,7 +90,7 @@ final class ServerRuntime: Sendable {
             if event.type == GRPC_QUEUE_SHUTDOWN { break }
             guard event.type == GRPC_OP_COMPLETE, let tag = event.tag else { continue }
             if tag == ServerRuntime.shutdownTag {
-                shutdownNotified.signal()
+                shutdownNotified.open()
                 continue
             }
             let slot = Unmanaged<ServerCall>.fromOpaque(tag).takeRetainedValue()

@@ -3,7 +3,7 @@ import KeyService
 import Logging
 
 /// The one path every failed KMS call (v1 or v2) takes: count it, mark the token unhealthy at once when it is
-/// unreachable, log it (rejected input at debug, anything else at warning; messages carry no secrets), and map it
+/// unreachable, log it (rejected input and expired calls at debug, anything else at warning; messages carry no secrets), and map it
 /// to a gRPC status.
 func reportFailure(_ method: String, _ error: KMSError, since started: ContinuousClock.Instant, metadata extra: Logger.Metadata,
                    metrics: KMSMetrics, health: HealthMonitor, logger: Logger) -> GRPCStatus {
@@ -13,7 +13,8 @@ func reportFailure(_ method: String, _ error: KMSError, since started: Continuou
     var metadata = extra
     metadata["code"] = "\(outcome.rawValue)"
     metadata["error"] = "\(error.message)"
-    if outcome == .invalidInput {
+    if outcome == .invalidInput || outcome == .deadlineExceeded {
+        // Counted in metrics; a flood of them (bad clients, a hung token) must not flood the log.
         logger.debug("\(method.lowercased()) rejected", metadata: metadata)
     } else {
         logger.warning("\(method.lowercased()) failed", metadata: metadata)

@@ -1,3 +1,4 @@
+import Lifecycle
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -6,7 +7,7 @@ import Synchronization
 /// The small HTTP listener for probes and scrapes (`/healthz`, `/livez`, `/readyz`, `/metrics`), on its own
 /// address — loopback by default — separate from the KMS socket. GET and HEAD only; every answer closes nothing
 /// and blocks on nothing (health comes from the cached probe result).
-public final class HTTPEndpoint: Sendable {
+public final class HTTPEndpoint: Service {
     public struct Response: Sendable {
         public var status: Int
         public var contentType: String
@@ -31,6 +32,11 @@ public final class HTTPEndpoint: Sendable {
     public let port: Int
     private let routes: [String: Route]
     private let state = Mutex<(group: MultiThreadedEventLoopGroup?, channel: (any Channel)?)>((nil, nil))
+    private let boundPort = Mutex<Int?>(nil)
+    public var name: String { "HTTP \(host):\(port)" }
+
+    /// The bound port once started (useful with port 0).
+    public var listeningPort: Int? { boundPort.withLock { $0 } }
 
     public init(host: String, port: Int, routes: [String: Route]) {
         self.host = host
@@ -57,9 +63,18 @@ public final class HTTPEndpoint: Sendable {
         return (String(host), port)
     }
 
+    public func start() throws(ServiceError) {
+        do throws(ServeError) {
+            let port = try bind()
+            boundPort.withLock { $0 = port }
+        } catch {
+            throw ServiceError(error.description)
+        }
+    }
+
     /// Binds and starts serving; returns the bound port (useful with port 0).
     @discardableResult
-    public func start() throws(ServeError) -> Int {
+    public func bind() throws(ServeError) -> Int {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let routes = self.routes
         let bootstrap = ServerBootstrap(group: group)
@@ -80,7 +95,8 @@ public final class HTTPEndpoint: Sendable {
         }
     }
 
-    public func shutdown() {
+    /// Closes the listener and its event loop; answers are never slow, so this takes milliseconds.
+    public func shutdown(deadline: ContinuousClock.Instant) -> Bool {
         let (group, channel) = state.withLock { s in
             let current = s
             s = (nil, nil)
@@ -88,6 +104,7 @@ public final class HTTPEndpoint: Sendable {
         }
         try? channel?.close().wait()
         try? group?.syncShutdownGracefully()
+        return true
     }
 }
 

@@ -12,6 +12,7 @@ public final class KMSMetrics: Sendable {
         case invalidInput = "invalid_input"
         case refused
         case tokenUnavailable = "token_unavailable"
+        case deadlineExceeded = "deadline_exceeded"
         case `internal`
 
         init(_ error: KMSError) {
@@ -19,6 +20,7 @@ public final class KMSMetrics: Sendable {
             case .invalidArgument: self = .invalidInput
             case .failedPrecondition: self = .refused
             case .unavailable: self = .tokenUnavailable
+            case .deadlineExceeded: self = .deadlineExceeded
             case .internal: self = .internal
             }
         }

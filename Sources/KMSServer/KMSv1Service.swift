@@ -13,86 +13,53 @@ public struct KMSv1Service: Sendable {
     public static let maxCiphertext = 64 * 1024
 
     public let service: EnvelopeService
-    public let health: HealthMonitor
     public let runtimeVersion: String
-    public let logger: Logger
-    public let metrics: KMSMetrics
+    let pipeline: UnaryPipeline
 
-    public init(service: EnvelopeService, health: HealthMonitor, runtimeVersion: String, logger: Logger, metrics: KMSMetrics) {
+    init(service: EnvelopeService, runtimeVersion: String, pipeline: UnaryPipeline) {
         self.service = service
-        self.health = health
         self.runtimeVersion = runtimeVersion
-        self.logger = logger
-        self.metrics = metrics
+        self.pipeline = pipeline
     }
 
-    public var handlers: [String: UnaryHandler] {
-        [
-            KMSv1Method.version: { request, _ in try self.version(request) },
-            KMSv1Method.encrypt: { request, _ in try self.encrypt(request) },
-            KMSv1Method.decrypt: { request, _ in try self.decrypt(request) },
-        ]
-    }
+    /// Version answers without the token and runs on the server's own lane.
+    public static let inlineMethods: Set<String> = [KMSv1Method.version]
 
-    private func checkVersion(_ version: String) throws(GRPCStatus) {
+    private static func checkVersion(_ version: String) throws(KMSError) {
         guard version == KMSv1Service.version else {
-            throw GRPCStatus(.invalidArgument, "unsupported KMS API version \"\(version.prefix(32))\"; expected \"v1beta1\"")
+            throw KMSError.invalid("unsupported KMS API version \"\(version.prefix(32))\"; expected \"v1beta1\"")
         }
     }
 
-    func version(_ bytes: [UInt8]) throws(GRPCStatus) -> [UInt8] {
-        let started = ContinuousClock.now
-        guard let request = try? V1beta1_VersionRequest(serializedBytes: bytes) else {
-            throw GRPCStatus(.invalidArgument, "malformed VersionRequest")
-        }
-        try checkVersion(request.version)
-        var response = V1beta1_VersionResponse()
-        response.version = KMSv1Service.version
-        response.runtimeName = KMSv1Service.runtimeName
-        response.runtimeVersion = runtimeVersion
-        metrics.record(method: "Version", outcome: .success, since: started)
-        return serialize(response)
-    }
-
-    func encrypt(_ bytes: [UInt8]) throws(GRPCStatus) -> [UInt8] {
-        let started = ContinuousClock.now
-        guard let request = try? V1beta1_EncryptRequest(serializedBytes: bytes) else {
-            metrics.record(method: "Encrypt", outcome: .invalidInput, since: started)
-            throw GRPCStatus(.invalidArgument, "malformed EncryptRequest")
-        }
-        try checkVersion(request.version)
-        do throws(KMSError) {
-            let (ciphertext, key) = try service.encrypt(Array(request.plain), maxCiphertext: KMSv1Service.maxCiphertext)
-            var response = V1beta1_EncryptResponse()
-            response.cipher = Data(ciphertext)
-            metrics.record(method: "Encrypt", outcome: .success, since: started, keyID: key.keyID)
-            logger.debug("v1 encrypt", metadata: ["key_id": "\(key.keyID)"])
-            return serialize(response)
-        } catch {
-            throw fail("Encrypt", error, since: started)
-        }
-    }
-
-    func decrypt(_ bytes: [UInt8]) throws(GRPCStatus) -> [UInt8] {
-        let started = ContinuousClock.now
-        guard let request = try? V1beta1_DecryptRequest(serializedBytes: bytes) else {
-            metrics.record(method: "Decrypt", outcome: .invalidInput, since: started)
-            throw GRPCStatus(.invalidArgument, "malformed DecryptRequest")
-        }
-        try checkVersion(request.version)
-        do throws(KMSError) {
-            let (plaintext, key) = try service.decrypt(Array(request.cipher), expectedKeyID: nil)
-            var response = V1beta1_DecryptResponse()
-            response.plain = Data(plaintext)
-            metrics.record(method: "Decrypt", outcome: .success, since: started, keyID: key.keyID)
-            logger.debug("v1 decrypt", metadata: ["key_id": "\(key.keyID)"])
-            return serialize(response)
-        } catch {
-            throw fail("Decrypt", error, since: started)
-        }
-    }
-
-    private func fail(_ method: String, _ error: KMSError, since started: ContinuousClock.Instant) -> GRPCStatus {
-        reportFailure(method, error, since: started, metadata: ["api": "v1beta1"], metrics: metrics, health: health, logger: logger)
+    var handlers: [String: UnaryHandler] {
+        let extra: Logger.Metadata = ["api": "v1beta1"]
+        return [
+            KMSv1Method.version: pipeline.unary("Version", V1beta1_VersionRequest.self, usesToken: false, logExtra: extra) {
+                (request, _) throws(KMSError) in
+                try Self.checkVersion(request.version)
+                var response = V1beta1_VersionResponse()
+                response.version = KMSv1Service.version
+                response.runtimeName = KMSv1Service.runtimeName
+                response.runtimeVersion = runtimeVersion
+                return .init(response: response, keyID: nil)
+            },
+            KMSv1Method.encrypt: pipeline.unary("Encrypt", V1beta1_EncryptRequest.self, usesToken: true, logExtra: extra) {
+                (request, deadline) throws(KMSError) in
+                try Self.checkVersion(request.version)
+                let (ciphertext, key) = try service.encrypt(Array(request.plain), maxCiphertext: KMSv1Service.maxCiphertext,
+                                                            deadline: deadline)
+                var response = V1beta1_EncryptResponse()
+                response.cipher = Data(ciphertext)
+                return .init(response: response, keyID: key.keyID)
+            },
+            KMSv1Method.decrypt: pipeline.unary("Decrypt", V1beta1_DecryptRequest.self, usesToken: true, logExtra: extra) {
+                (request, deadline) throws(KMSError) in
+                try Self.checkVersion(request.version)
+                let (plaintext, key) = try service.decrypt(Array(request.cipher), expectedKeyID: nil, deadline: deadline)
+                var response = V1beta1_DecryptResponse()
+                response.plain = Data(plaintext)
+                return .init(response: response, keyID: key.keyID)
+            },
+        ]
     }
 }

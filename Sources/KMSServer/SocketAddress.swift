@@ -76,17 +76,43 @@ enum SocketPolicy {
         return result == 0
     }
 
-    /// Sets the socket's mode and, optionally, its group.
-    static func applyPermissions(_ address: SocketAddress, mode: mode_t, group: String?) throws(ServeError) {
+    /// Refuses a socket directory that other users may write to (they could replace the socket or plant a symlink),
+    /// unless it is sticky and owned by root (like /tmp, where only the owner may rename or remove an entry).
+    static func checkDirectory(_ address: SocketAddress) throws(ServeError) {
         guard !address.isAbstract else { return }
+        var directory = String(address.path[..<(address.path.lastIndex(of: "/") ?? address.path.startIndex)])
+        if directory.isEmpty { directory = "/" }
+        var st = stat()
+        guard stat(directory, &st) == 0 else {
+            throw ServeError("cannot inspect the socket directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        let othersMayWrite = st.st_mode & S_IWOTH != 0
+        let stickyRoot = st.st_mode & S_ISVTX != 0 && st.st_uid == 0
+        if othersMayWrite && !stickyRoot {
+            throw ServeError("the socket directory \(directory) is writable by every user (mode \(String(st.st_mode & 0o7777, radix: 8))); "
+                + "use a directory only the plugin's user (and the apiserver's group) may write to, e.g. /var/run/kms with mode 0750")
+        }
+    }
+
+    /// Sets the socket's mode and, optionally, its group, on the inode that was bound: a path that is no longer that
+    /// socket (replaced, or a symlink) is refused, and neither call follows symlinks.
+    static func applyPermissions(_ address: SocketAddress, mode: mode_t, group: String?, inode: ino_t?) throws(ServeError) {
+        guard !address.isAbstract else { return }
+        var st = stat()
+        guard lstat(address.path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK, inode == nil || st.st_ino == inode else {
+            throw ServeError("\(address.path) is no longer the socket this process bound; refusing to change its permissions")
+        }
         if let group {
             guard let entry = getgrnam(group) else { throw ServeError("unknown group \"\(group)\" for --socket-group") }
-            guard chown(address.path, uid_t.max, entry.pointee.gr_gid) == 0 else {
+            guard lchown(address.path, uid_t.max, entry.pointee.gr_gid) == 0 else {
                 throw ServeError("cannot set the socket's group: \(String(cString: strerror(errno)))")
             }
         }
-        guard chmod(address.path, mode) == 0 else {
+        guard fchmodat(AT_FDCWD, address.path, mode, AT_SYMLINK_NOFOLLOW) == 0 else {
             throw ServeError("cannot set the socket's mode: \(String(cString: strerror(errno)))")
+        }
+        guard lstat(address.path, &st) == 0, st.st_ino == inode ?? st.st_ino, st.st_mode & 0o777 == mode else {
+            throw ServeError("\(address.path) changed while its permissions were set; refusing to serve on it")
         }
     }
 

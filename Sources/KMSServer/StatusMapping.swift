@@ -10,6 +10,7 @@ extension GRPCStatus {
         case .invalidArgument: self.init(.invalidArgument, error.message)
         case .failedPrecondition: self.init(.failedPrecondition, error.message)
         case .unavailable: self.init(.unavailable, error.message)
+        case .deadlineExceeded: self.init(.deadlineExceeded, error.message)
         case .internal: self.init(.internal, error.message)
         }
     }

@@ -1,6 +1,5 @@
 import CPKCS11
 import PKCS11
-import Synchronization
 
 /// Wraps and unwraps data keys with AES-256-GCM inside the token under the root keys of a `KeyRing`.
 /// Knows nothing of protobuf or sockets; every method is synchronous and blocks on the token, so callers run it on
@@ -13,14 +12,19 @@ public final class EnvelopeService: Sendable {
 
     public let keyRing: KeyRing
     public var token: Token { keyRing.token }
-    private let lastUnknownKeyRefresh = Mutex<ContinuousClock.Instant?>(nil)
+    /// Canary round trips run to tell a forged ciphertext from a failing token.
+    private let canaryGate = FailureGate()
+    /// Re-reads of the key list triggered by a request (an unknown key_id, a key the token refuses).
+    private let refreshGate = FailureGate()
 
     public init(keyRing: KeyRing) {
         self.keyRing = keyRing
     }
 
     /// Encrypts under the current root key with a fresh random IV; the key identity is bound as AAD.
-    public func encrypt(_ plaintext: [UInt8], maxCiphertext: Int = EnvelopeService.maxCiphertextV2) throws(KMSError) -> (ciphertext: [UInt8], key: RootKey) {
+    /// A call that cannot get a session before `deadline` fails with `deadlineExceeded` and never reaches the token.
+    public func encrypt(_ plaintext: [UInt8], maxCiphertext: Int = EnvelopeService.maxCiphertextV2,
+                        deadline: ContinuousClock.Instant? = nil) throws(KMSError) -> (ciphertext: [UInt8], key: RootKey) {
         guard !plaintext.isEmpty else { throw .invalid("plaintext is empty") }
         let limit = maxCiphertext - Envelope.overhead
         guard plaintext.count <= limit else {
@@ -31,7 +35,7 @@ public final class EnvelopeService: Sendable {
         }
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let header = Envelope.header(for: key.id)
-        let sealed = try withKey(key.id) { (session, handle) throws(PKCS11Error) in
+        let sealed = try withKey(key.id, deadline: deadline) { (session, handle) throws(PKCS11Error) in
             try session.encryptAESGCM(key: handle, iv: iv, aad: header, plaintext: plaintext)
         }
         return (Envelope(keyID: key.id, iv: iv, sealed: sealed).serialized(), key)
@@ -39,7 +43,11 @@ public final class EnvelopeService: Sendable {
 
     /// Decrypts a ciphertext returned by `encrypt`. `expectedKeyID` (KMS v2's key_id) must name the same key as the
     /// ciphertext; KMS v1 passes nil and relies on the identity embedded in the ciphertext.
-    public func decrypt(_ ciphertext: [UInt8], expectedKeyID: String?) throws(KMSError) -> (plaintext: [UInt8], key: RootKey) {
+    ///
+    /// A ciphertext that fails authentication costs at most two token operations; whether the token itself still
+    /// works is then answered by a canary that runs at most once a second, whatever the number of such requests.
+    public func decrypt(_ ciphertext: [UInt8], expectedKeyID: String?,
+                        deadline: ContinuousClock.Instant? = nil) throws(KMSError) -> (plaintext: [UInt8], key: RootKey) {
         if let expectedKeyID {
             guard !expectedKeyID.isEmpty else { throw .invalid("key_id is empty") }
             guard expectedKeyID.utf8.count <= 1024 else { throw .invalid("key_id is longer than 1024 bytes") }
@@ -54,44 +62,68 @@ public final class EnvelopeService: Sendable {
         // interrupted rotation) was verified before anything could use it and may decrypt: during a staged rotation
         // across token copies, another node may already have made it current.
         do throws(KMSError) {
-            return (try open(envelope), key)
+            return (try open(envelope, deadline: deadline), key)
         } catch let error where error.code != .invalidArgument {
-            return (try recoverDecryptFailure(error, envelope: envelope, key: key), key)
+            return (try recoverDecryptFailure(error, envelope: envelope, key: key, deadline: deadline), key)
         }
     }
 
-    /// A real AES-GCM round trip under the current key: true when the token is usable.
+    /// A real AES-GCM round trip under the current key: true when the token is usable. Its result also answers, for
+    /// a second, whether a failed decryption was the token's fault (see `decrypt`).
     public func canary() throws(KMSError) {
+        do throws(KMSError) {
+            try canaryRoundTrip()
+            canaryGate.record(true)
+        } catch {
+            if error.code == .unavailable || error.code == .internal { canaryGate.record(false) }
+            throw error
+        }
+    }
+
+    private func canaryRoundTrip() throws(KMSError) {
         let probe = SecureRandom.bytes(32)
         let (ciphertext, _) = try encrypt(probe)
-        // Decrypted without `decrypt`'s failure analysis, which itself runs the canary.
-        let opened = try open(try Envelope(parsing: ciphertext))
+        // Decrypted without `decrypt`'s failure analysis, which itself relies on the canary.
+        let opened = try open(try Envelope(parsing: ciphertext), deadline: nil)
         guard opened == probe else { throw KMSError(.internal, "canary round trip returned different bytes") }
     }
 
+    /// Re-reads the key list from the token; true when it changed.
+    public func refreshKeys() throws(KMSError) -> Bool {
+        do throws(PKCS11Error) {
+            return try keyRing.refresh()
+        } catch {
+            throw KMSError.token(error)
+        }
+    }
+
     /// One AES-GCM decryption in the token, no analysis of failures.
-    private func open(_ envelope: Envelope) throws(KMSError) -> [UInt8] {
-        try withKey(envelope.keyID) { (session, handle) throws(PKCS11Error) in
+    private func open(_ envelope: Envelope, deadline: ContinuousClock.Instant?) throws(KMSError) -> [UInt8] {
+        try withKey(envelope.keyID, deadline: deadline) { (session, handle) throws(PKCS11Error) in
             try session.decryptAESGCM(key: handle, iv: envelope.iv, aad: envelope.header, ciphertext: envelope.sealed)
         }
     }
 
     /// SoftHSM reports a GCM tag mismatch as `CKR_GENERAL_ERROR`, other tokens as `CKR_ENCRYPTED_DATA_INVALID`,
     /// and a retired key as `CKR_KEY_FUNCTION_NOT_PERMITTED`. A forged ciphertext and a passing token fault look
-    /// alike, so the decryption is tried once more (riding through a transient fault), and if that fails too a
-    /// canary round trip tells forged input (the token works) from a failing token. Returns the plaintext or throws.
-    private func recoverDecryptFailure(_ error: KMSError, envelope: Envelope, key: RootKey) throws(KMSError) -> [UInt8] {
+    /// alike, so the decryption is tried once more (riding through a transient fault: two token operations in
+    /// all), and if that fails too the canary tells forged input (the token works) from a failing token; the canary
+    /// runs at most once a second and one at a time, other callers use its last result. Returns the plaintext or
+    /// throws.
+    private func recoverDecryptFailure(_ error: KMSError, envelope: Envelope, key: RootKey,
+                                       deadline: ContinuousClock.Instant?) throws(KMSError) -> [UInt8] {
         guard case .token(let rv) = lastTokenFailure(error) else { throw error }
         if rv == CKR_KEY_FUNCTION_NOT_PERMITTED {
-            _ = try? keyRing.refresh()
+            _ = refreshGate.run { (try? keyRing.refresh()) != nil }
             throw KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
         }
         let authFailure = rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE
         guard authFailure else { throw error }
-        if let plaintext = try? open(envelope) { return plaintext }
-        do throws(KMSError) {
-            try canary()
-        } catch {
+        if let plaintext = try? open(envelope, deadline: deadline) { return plaintext }
+        let tokenWorks = canaryGate.recentResult(within: canaryGate.interval)
+            ?? canaryGate.run { (try? canaryRoundTrip()) != nil }
+            ?? true
+        guard tokenWorks else {
             throw KMSError(.unavailable, "token unavailable: decryption failed and the token's self-test failed too")
         }
         throw .invalid("ciphertext failed authentication")
@@ -105,29 +137,32 @@ public final class EnvelopeService: Sendable {
         return .other
     }
 
-    /// Looks a key up, re-reading the token (at most once a second) when it is not known yet: another process may
-    /// have rotated.
+    /// Looks a key up, re-reading the token (at most once a second, one at a time) when it is not known yet: another
+    /// process may have rotated.
     private func knownKey(_ id: RootKeyID) throws(KMSError) -> RootKey {
         if let key = keyRing.key(id) { return key }
-        let now = ContinuousClock.now
-        let due = lastUnknownKeyRefresh.withLock { last -> Bool in
-            if let last, now - last < .seconds(1) { return false }
-            last = now
-            return true
+        var failure: PKCS11Error?
+        let refreshed = refreshGate.run {
+            do throws(PKCS11Error) {
+                _ = try keyRing.refresh()
+                return true
+            } catch {
+                failure = error
+                return false
+            }
         }
-        if due {
-            do throws(PKCS11Error) { try keyRing.refresh() } catch { throw KMSError.token(error) }
-            if let key = keyRing.key(id) { return key }
-        }
+        if let failure { throw KMSError.token(failure) }
+        if refreshed != nil, let key = keyRing.key(id) { return key }
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
     /// Runs `body` with a session and the key's handle; when the token says the handle is stale, looks it up again
     /// and runs `body` once more in the same session. If the key cannot be found again (e.g. the session lost its
     /// login, which hides private objects), the stale-handle error goes to `Token`, which retries with a checked login.
-    private func withKey<T>(_ id: RootKeyID, _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
+    private func withKey<T>(_ id: RootKeyID, deadline: ContinuousClock.Instant?,
+                            _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
         do throws(PKCS11Error) {
-            return try token.withSession { (session) throws(PKCS11Error) -> T in
+            return try token.withSession(deadline: deadline) { (session) throws(PKCS11Error) -> T in
                 guard let handle = try keyRing.handle(of: id, in: session) else {
                     // Root keys are never deleted: a known one missing may be a storage outage.
                     try token.confirmPresent(session)

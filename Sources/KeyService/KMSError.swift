@@ -10,6 +10,8 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
         case failedPrecondition
         /// The token cannot be reached or used right now.
         case unavailable
+        /// The call could not start on the token before its deadline (every session busy); nothing was done.
+        case deadlineExceeded
         /// Anything else.
         case `internal`
     }
@@ -34,6 +36,9 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// Maps a token error: outages become `unavailable` with the failing call's name, nothing else.
     public static func token(_ error: PKCS11Error) -> KMSError {
+        if case .noFreeSession = error.kind {
+            return KMSError(.deadlineExceeded, "not started: \(error)")
+        }
         if error.isUnavailable {
             return KMSError(.unavailable, "token unavailable: \(error)")
         }

@@ -90,11 +90,12 @@ if phases.contains("envelope") {
 if phases.contains("handler") {
     // The KMS v2 handlers in this process (protobuf, validation, metrics into a Prometheus registry), no gRPC.
     MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: PrometheusCollectorRegistry()))
-    let health = HealthMonitor(service: service)
-    let v2 = KMSv2Service(service: service, health: health, logger: Logger(label: "bench"), metrics: KMSMetrics())
-    let handlers = v2.handlers
-    let encrypt = handlers[KMSv2Method.encrypt]!
-    let decrypt = handlers[KMSv2Method.decrypt]!
+    var configuration = PluginConfiguration(listen: try! SocketAddress(listen: "unix:///nonexistent/bench.sock"))
+    configuration.httpListen = nil
+    let plugin = PluginServer(configuration: configuration, service: service, metrics: KMSMetrics(),
+                              logger: Logger(label: "bench"), runtimeVersion: "bench")
+    let encrypt: @Sendable ([UInt8], ServerCallContext) throws -> [UInt8] = { request, _ in try plugin.call(KMSv2Method.encrypt, request) }
+    let decrypt: @Sendable ([UInt8], ServerCallContext) throws -> [UInt8] = { request, _ in try plugin.call(KMSv2Method.decrypt, request) }
     var request = V2_EncryptRequest()
     request.plaintext = Data(seed)
     let requestBytes: [UInt8] = (try? request.serializedBytes()) ?? []

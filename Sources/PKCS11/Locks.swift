@@ -10,7 +10,11 @@ final class ConditionLock: @unchecked Sendable {
 
     init() {
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(cond, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
@@ -28,6 +32,20 @@ final class ConditionLock: @unchecked Sendable {
 
     /// Waits for a signal; call only inside `withLock`.
     func wait() { pthread_cond_wait(cond, mutex) }
+
+    /// Waits for a signal or until `deadline`; false when the deadline has passed. Call only inside `withLock`.
+    func wait(until deadline: ContinuousClock.Instant) -> Bool {
+        let remaining = deadline - .now
+        if remaining <= .zero { return false }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let (seconds, attoseconds) = remaining.components
+        let nanoseconds = Int(now.tv_nsec) + Int(attoseconds / 1_000_000_000)
+        var until = timespec(tv_sec: Int(now.tv_sec) + Int(seconds) + nanoseconds / 1_000_000_000,
+                             tv_nsec: nanoseconds % 1_000_000_000)
+        pthread_cond_timedwait(cond, mutex, &until)
+        return true
+    }
 
     func broadcast() { pthread_cond_broadcast(cond) }
 }

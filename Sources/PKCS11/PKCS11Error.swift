@@ -14,6 +14,9 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         case pinRejected
         /// An object or attribute was not what the caller needed.
         case object(String)
+        /// Every session was in use until the caller's deadline (or the pool's wait bound): the token is busy or
+        /// stuck; nothing was sent to it for this call.
+        case noFreeSession(waited: Duration)
     }
 
     public let kind: Kind
@@ -37,6 +40,8 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         case .tokenNotFound(let label): return "no token labelled '\(label)' is present"
         case .pinRejected: return "the token rejected the PIN (not retried)"
         case .object(let why): return why
+        case .noFreeSession(let waited):
+            return "no PKCS#11 session became free within \(waited.components.seconds * 1000 + waited.components.attoseconds / 1_000_000_000_000_000) ms"
         }
     }
 
@@ -67,6 +72,7 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
             || rv == CKR_SESSION_COUNT || rv == CKR_TOKEN_NOT_PRESENT
         case .moduleLoad, .tokenNotFound, .pinRejected: return true
         case .object: return false
+        case .noFreeSession: return true
         }
     }
 

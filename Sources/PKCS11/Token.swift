@@ -12,6 +12,8 @@ public struct TokenConfiguration: Sendable, CustomStringConvertible {
     public var maxSessions: Int
     /// A lost device is re-initialised at most this often; calls in between fail fast as unavailable.
     public var reconnectInterval: Duration
+    /// The longest a call waits for a free session when it brings no deadline of its own.
+    public var sessionWaitLimit: Duration = .seconds(10)
 
     public init(modulePath: String, tokenLabel: String, pin: [UInt8], maxSessions: Int = 8,
                 reconnectInterval: Duration = .milliseconds(500)) {
@@ -72,20 +74,26 @@ public final class Token: @unchecked Sendable {
 
     /// Runs `body` with a session of its own, logged in. Retries once after a lost session, login or device; the
     /// retry checks a pooled session's login before using it, since a lost login affects every session.
-    public func withSession<T>(_ body: (Session) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+    ///
+    /// Waiting for a free session ends at `deadline` (or after `sessionWaitLimit` without one) with
+    /// `noFreeSession`: a call that cannot start in time is never sent to the token.
+    public func withSession<T>(deadline: ContinuousClock.Instant? = nil,
+                               _ body: (Session) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+        let waitUntil = deadline ?? .now.advanced(by: configuration.sessionWaitLimit)
         do {
-            return try attempt(body, verifying: false)
+            return try attempt(body, verifying: false, waitUntil: waitUntil)
         } catch let error where error.isSessionLost || error.isDeviceLost {
-            return try attempt(body, verifying: true)
+            return try attempt(body, verifying: true, waitUntil: waitUntil)
         }
     }
 
-    private func attempt<T>(_ body: (Session) throws(PKCS11Error) -> T, verifying: Bool) throws(PKCS11Error) -> T {
+    private func attempt<T>(_ body: (Session) throws(PKCS11Error) -> T, verifying: Bool,
+                            waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> T {
         let module = try loadedModule()
         let outcome: Result<T, PKCS11Error> = module.lifetime.withReadLock { () -> Result<T, PKCS11Error> in
             let session: Session
             do throws(PKCS11Error) {
-                session = try acquire(module, verifying: verifying)
+                session = try acquire(module, verifying: verifying, waitUntil: waitUntil)
             } catch {
                 return .failure(error)
             }
@@ -139,11 +147,11 @@ public final class Token: @unchecked Sendable {
     /// Takes an idle session of the current module generation or opens one (logging in when the token needs it).
     /// With `verifying`, a pooled session is first checked: a dead one is dropped and the next one tried, and one
     /// that lost its login is logged in again. Called with the module's lifetime lock held shared.
-    private func acquire(_ module: PKCS11Module, verifying: Bool) throws(PKCS11Error) -> Session {
+    private func acquire(_ module: PKCS11Module, verifying: Bool, waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> Session {
         // Bounded: every idle session may be dead, and then a fresh one must work.
         var tries = 0
         while true {
-            let session = try acquireUnchecked(module)
+            let session = try acquireUnchecked(module, waitUntil: waitUntil)
             guard verifying else { return session }
             tries += 1
             do throws(PKCS11Error) {
@@ -164,8 +172,9 @@ public final class Token: @unchecked Sendable {
         }
     }
 
-    private func acquireUnchecked(_ module: PKCS11Module) throws(PKCS11Error) -> Session {
+    private func acquireUnchecked(_ module: PKCS11Module, waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> Session {
         let generation = module.generation
+        let waitStarted = ContinuousClock.now
         let reuse: Session? = try lock.withLock { () throws(PKCS11Error) -> Session? in
             if pinRejected { throw PKCS11Error(.pinRejected) }
             if sessionGeneration != generation {
@@ -181,7 +190,9 @@ public final class Token: @unchecked Sendable {
                     openCount += 1
                     return nil
                 }
-                lock.wait()
+                guard lock.wait(until: waitUntil) else {
+                    throw PKCS11Error(.noFreeSession(waited: ContinuousClock.now - waitStarted))
+                }
             }
         }
         if let reuse { return reuse }

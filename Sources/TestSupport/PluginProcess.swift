@@ -145,20 +145,21 @@ public final class KMSClient: Sendable {
         try V2_StatusResponse(serializedBytes: try grpc.unary(method: KMSv2Method.status, request: try V2_StatusRequest().serializedBytes(), timeout: .seconds(5)))
     }
 
-    public func encrypt(_ plaintext: [UInt8], uid: String = "test") throws -> V2_EncryptResponse {
+    public func encrypt(_ plaintext: [UInt8], uid: String = "test", timeout: Duration = .seconds(5)) throws -> V2_EncryptResponse {
         var request = V2_EncryptRequest()
         request.plaintext = Data(plaintext)
         request.uid = uid
-        return try V2_EncryptResponse(serializedBytes: try grpc.unary(method: KMSv2Method.encrypt, request: try request.serializedBytes(), timeout: .seconds(5)))
+        return try V2_EncryptResponse(serializedBytes: try grpc.unary(method: KMSv2Method.encrypt, request: try request.serializedBytes(), timeout: timeout))
     }
 
-    public func decrypt(_ ciphertext: Data, keyID: String, annotations: [String: Data] = [:], uid: String = "test") throws -> [UInt8] {
+    public func decrypt(_ ciphertext: Data, keyID: String, annotations: [String: Data] = [:], uid: String = "test",
+                        timeout: Duration = .seconds(5)) throws -> [UInt8] {
         var request = V2_DecryptRequest()
         request.ciphertext = ciphertext
         request.keyID = keyID
         request.annotations = annotations
         request.uid = uid
-        return Array(try V2_DecryptResponse(serializedBytes: try grpc.unary(method: KMSv2Method.decrypt, request: try request.serializedBytes(), timeout: .seconds(5))).plaintext)
+        return Array(try V2_DecryptResponse(serializedBytes: try grpc.unary(method: KMSv2Method.decrypt, request: try request.serializedBytes(), timeout: timeout)).plaintext)
     }
 
     public func v1Encrypt(_ plaintext: [UInt8]) throws -> Data {

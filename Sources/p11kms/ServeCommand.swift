@@ -7,6 +7,7 @@ import Logging
 import Metrics
 import PKCS11
 import Prometheus
+import Synchronization
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -57,6 +58,15 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("Seconds between canary AES-GCM round trips (env P11KMS_CANARY_INTERVAL; default 10).", valueName: "seconds"))
     var canaryInterval: String?
 
+    @Option(help: ArgumentHelp("Seconds without a good probe after which health is unhealthy ('token not answering') (env P11KMS_HEALTH_STALE_AFTER; default 3 x probe interval, at most 10).", valueName: "seconds"))
+    var healthStaleAfter: String?
+
+    @Option(help: ArgumentHelp("Encrypt/Decrypt calls that may wait for a worker; more fail at once with RESOURCE_EXHAUSTED (env P11KMS_MAX_QUEUED_CALLS; default 1024).", valueName: "n"))
+    var maxQueuedCalls: String?
+
+    @Flag(help: "Allow an abstract socket (unix:///@name), which has no file and no permissions: any local process in the network namespace can connect (env P11KMS_ALLOW_ABSTRACT_SOCKET).")
+    var allowAbstractSocket = false
+
     @Flag(help: "Print the effective settings (the PIN redacted) and exit.")
     var printConfig = false
 
@@ -68,7 +78,8 @@ struct Serve: ParsableCommand {
             "status-version": statusVersion, "disable-v1": disableV1 ? "true" : nil, "worker-threads": workerThreads,
             "completion-queue-threads": completionQueueThreads, "http-listen": httpListen, "log-format": logFormat,
             "log-level": logLevel, "shutdown-grace": shutdownGrace, "probe-interval": probeInterval,
-            "canary-interval": canaryInterval,
+            "canary-interval": canaryInterval, "health-stale-after": healthStaleAfter, "max-queued-calls": maxQueuedCalls,
+            "allow-abstract-socket": allowAbstractSocket ? "true" : nil,
         ]
     }
 
@@ -92,7 +103,8 @@ struct Serve: ParsableCommand {
         guard let parsedMode = mode.value.flatMap({ mode_t($0, radix: 8) }), parsedMode <= 0o777 else {
             throw ValidationError("socket-mode must be octal, e.g. 0660 (from \(mode.source))")
         }
-        configuration.socketMode = parsedMode
+        if case .defaultValue = mode.source {} else { configuration.socketMode = parsedMode }
+        configuration.allowAbstractSocket = try settings.bool("allow-abstract-socket", flag: allowAbstractSocket)
         configuration.socketGroup = settings.resolve("socket-group", flag: socketGroup).value
         let version = settings.resolve("status-version", flag: statusVersion)
         guard let parsedVersion = version.value.flatMap(KMSv2Service.StatusVersion.init(rawValue:)) else {
@@ -105,30 +117,36 @@ struct Serve: ParsableCommand {
         configuration.shutdownGrace = try settings.seconds("shutdown-grace", flag: shutdownGrace)
         let http = settings.resolve("http-listen", flag: httpListen).value ?? "off"
         configuration.httpListen = (http == "off" || http.isEmpty) ? nil : try HTTPEndpoint.parse(http)
-        let probe = try settings.seconds("probe-interval", flag: probeInterval)
-        let canary = try settings.seconds("canary-interval", flag: canaryInterval)
+        configuration.probeInterval = try settings.seconds("probe-interval", flag: probeInterval)
+        configuration.canaryInterval = try settings.seconds("canary-interval", flag: canaryInterval)
+        if settings.resolve("health-stale-after", flag: healthStaleAfter).value != nil {
+            configuration.staleAfter = try settings.seconds("health-stale-after", flag: healthStaleAfter)
+        }
+        configuration.maxQueuedCalls = try settings.int("max-queued-calls", flag: maxQueuedCalls, range: 1...1_000_000)
+        do { try configuration.validate() } catch { fail(error.description) }
 
         let ring = try openKeyRing(token, settings: settings)
         guard let current = ring.current else {
             fail("the token has no current root key; run 'p11kms init' first")
         }
         let service = EnvelopeService(keyRing: ring)
-        let health = HealthMonitor(service: service, refreshInterval: probe, canaryInterval: canary)
         let metrics = KMSMetrics(logger: logger)
-        let previous = ManagedHealth()
-        health.onChange { health, keyChanged in
-            if keyChanged, let key = health.currentKeyID { logger.info("key ring changed", metadata: ["current_key_id": "\(key)"]) }
-            if let change = previous.update(health) {
-                if health.healthy {
-                    logger.notice("token healthy again", metadata: ["current_key_id": "\(health.currentKeyID ?? "")"])
-                } else {
-                    logger.error("token unhealthy", metadata: ["reason": "\(change)"])
-                }
-            }
-        }
-        let server = PluginServer(configuration: configuration, service: service, health: health, metrics: metrics,
+        let server = PluginServer(configuration: configuration, service: service, metrics: metrics,
                                   logger: logger, runtimeVersion: P11KMS.version,
                                   metricsText: { registry.emitToBuffer() })
+        let wasHealthy = Mutex(true)
+        server.health.onChange { health, keyChanged in
+            if keyChanged, let key = health.currentKeyID { logger.info("key ring changed", metadata: ["current_key_id": "\(key)"]) }
+            let before = wasHealthy.withLock { previous in
+                defer { previous = health.healthy }
+                return previous
+            }
+            if health.healthy, !before {
+                logger.notice("token healthy again", metadata: ["current_key_id": "\(health.currentKeyID ?? "")"])
+            } else if !health.healthy {
+                logger.error("token unhealthy", metadata: ["reason": "\(health.reason)"])
+            }
+        }
         do {
             try server.start()
         } catch {
@@ -136,8 +154,13 @@ struct Serve: ParsableCommand {
         }
         logger.info("root key", metadata: ["current_key_id": "\(current.keyID)", "token": "\(tokenLabel)"])
         let signal = Signals.waitForTermination()
-        logger.info("shutting down", metadata: ["signal": "\(signal)", "grace_seconds": "\(configuration.shutdownGrace.components.seconds)"])
-        server.shutdown()
+        logger.info("shutting down", metadata: [
+            "signal": "\(signal)", "grace_seconds": "\(configuration.shutdownGrace.components.seconds)",
+        ])
+        if !server.shutdown() {
+            // A thread is stuck inside the token: exit without running exit handlers, which could wait on it.
+            Signals.exitNow(0)
+        }
     }
 
     private func printSettings(_ settings: SettingsResolver) {
@@ -163,18 +186,5 @@ struct Serve: ParsableCommand {
         }
         LoggingSystem.bootstrap { label in LineLogHandler(label: label, format: format, level: level) }
         return Logger(label: "p11kms")
-    }
-}
-
-/// Remembers the last reported health to log transitions once.
-final class ManagedHealth: @unchecked Sendable {
-    // Touched only from the health monitor's thread (its onChange callback).
-    private var healthy = true
-    private var reason = "ok"
-
-    /// Returns the new reason when healthy/unhealthy or the reason changed.
-    func update(_ health: Health) -> String? {
-        defer { healthy = health.healthy; reason = health.reason }
-        return health.healthy != healthy || health.reason != reason ? health.reason : nil
     }
 }

@@ -45,6 +45,9 @@ enum SettingKeys {
         ("shutdown-grace", "P11KMS_SHUTDOWN_GRACE", "5"),
         ("probe-interval", "P11KMS_PROBE_INTERVAL", "2"),
         ("canary-interval", "P11KMS_CANARY_INTERVAL", "10"),
+        ("health-stale-after", "P11KMS_HEALTH_STALE_AFTER", nil),
+        ("max-queued-calls", "P11KMS_MAX_QUEUED_CALLS", "1024"),
+        ("allow-abstract-socket", "P11KMS_ALLOW_ABSTRACT_SOCKET", "false"),
     ]
 
     static func env(for key: String) -> String {

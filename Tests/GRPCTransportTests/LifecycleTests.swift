@@ -50,11 +50,11 @@ struct LifecycleTests {
     @Test("shutdown is idempotent and may be called concurrently; a server starts only once")
     func startAndShutdownRules() throws {
         let fixture = try TestServer()
-        #expect(throws: GRPCStatus.self) { try fixture.server.start() }
+        #expect(throws: GRPCStatus.self) { try fixture.server.startServing() }
         runOnThreads(4) { _ in fixture.server.shutdown(gracePeriod: .milliseconds(50)) }
         fixture.server.shutdown(gracePeriod: .zero)
         #expect(fixture.server.boundPort == nil)
-        let restart = Result { () throws(GRPCStatus) in try fixture.server.start() }
+        let restart = Result { () throws(GRPCStatus) in try fixture.server.startServing() }
         #expect(throws: GRPCStatus.self) { try restart.get() }
 
         let neverStarted = GRPCServer(configuration: GRPCServerConfiguration(address: "unix:/tmp/unused.sock"), handlers: [:])
@@ -98,7 +98,7 @@ struct LifecycleTests {
         let path = directory.file("dropped.sock")
         do {
             let server = GRPCServer(configuration: GRPCServerConfiguration(address: "unix:" + path), handlers: TestMethods.handlers)
-            try server.start()
+            try server.startServing()
             let client = try GRPCClient(configuration: GRPCClientConfiguration(target: "unix:" + path))
             #expect(try client.unary(method: TestMethods.echo, request: [1]) == [1])
         }
@@ -111,7 +111,7 @@ struct LifecycleTests {
         let path = directory.file("again.sock")
         for round in 0..<2 {
             let server = GRPCServer(configuration: GRPCServerConfiguration(address: "unix:" + path), handlers: TestMethods.handlers)
-            try server.start()
+            try server.startServing()
             let client = try GRPCClient(configuration: GRPCClientConfiguration(target: "unix://" + path))
             #expect(try client.unary(method: TestMethods.echo, request: [UInt8(round)]) == [UInt8(round)])
             server.shutdown(gracePeriod: .seconds(1))
@@ -123,7 +123,7 @@ struct LifecycleTests {
         let server = GRPCServer(
             configuration: GRPCServerConfiguration(address: "unix:/nonexistent-dir-for-test/kms.sock"),
             handlers: TestMethods.handlers)
-        let result = Result { () throws(GRPCStatus) in try server.start() }
+        let result = Result { () throws(GRPCStatus) in try server.startServing() }
         guard case .failure(let status) = result else {
             Issue.record("start unexpectedly succeeded")
             return
@@ -136,7 +136,7 @@ struct LifecycleTests {
         let tooLong = GRPCServer(
             configuration: GRPCServerConfiguration(address: "unix:/tmp/" + String(repeating: "x", count: 120)),
             handlers: [:])
-        #expect(throws: GRPCStatus.self) { try tooLong.start() }
+        #expect(throws: GRPCStatus.self) { try tooLong.startServing() }
     }
 
     @Test("core log lines can be routed to swift-log")
@@ -146,7 +146,7 @@ struct LifecycleTests {
         defer { GRPCRuntime.routeCoreLogs(to: nil) }
         let server = GRPCServer(
             configuration: GRPCServerConfiguration(address: "unix:/nonexistent-dir-for-test/log.sock"), handlers: [:])
-        #expect(throws: GRPCStatus.self) { try server.start() }
+        #expect(throws: GRPCStatus.self) { try server.startServing() }
         let lines = store.lines.withLock { $0 }
         #expect(lines.contains { $0.hasPrefix("warning") && $0.contains("No such file or directory") }, "\(lines)")
     }
@@ -159,7 +159,7 @@ struct LifecycleTests {
             configuration.workerThreads = cycle % 3
             configuration.completionQueueThreads = 1 + cycle % 2
             let server = GRPCServer(configuration: configuration, handlers: TestMethods.handlers)
-            try server.start()
+            try server.startServing()
             let client = try GRPCClient(configuration: GRPCClientConfiguration(target: "unix:" + directory.file("cycle.sock")))
             #expect(try client.unary(method: TestMethods.echo, request: [UInt8(cycle)]) == [UInt8(cycle)])
             if cycle % 2 == 0 { client.close() }
@@ -170,7 +170,7 @@ struct LifecycleTests {
     @Test("a TCP listener reports its port and refuses a second server on it")
     func tcpPort() throws {
         let server = GRPCServer(configuration: GRPCServerConfiguration(address: "127.0.0.1:0"), handlers: TestMethods.handlers)
-        try server.start()
+        try server.startServing()
         defer { server.shutdown(gracePeriod: .zero) }
         let port = try #require(server.boundPort)
         #expect(port > 0)
@@ -178,6 +178,6 @@ struct LifecycleTests {
         #expect(try client.unary(method: TestMethods.echo, request: [4, 2]) == [4, 2])
 
         let second = GRPCServer(configuration: GRPCServerConfiguration(address: "127.0.0.1:\(port)"), handlers: [:])
-        #expect(throws: GRPCStatus.self) { try second.start() }
+        #expect(throws: GRPCStatus.self) { try second.startServing() }
     }
 }

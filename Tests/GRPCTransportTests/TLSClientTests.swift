@@ -67,7 +67,7 @@ struct TLSClientTests {
         let directory = try TemporaryDirectory()
         let credentials = try Self.makeCredentials(in: directory)
         let server = GRPCServer(configuration: GRPCServerConfiguration(address: "127.0.0.1:0"), handlers: TestMethods.handlers)
-        try server.start()
+        try server.startServing()
         defer { server.shutdown(gracePeriod: .zero) }
         let port = try #require(server.boundPort)
 
@@ -93,7 +93,7 @@ struct TLSClientTests {
             certificateChainPEM: credentials.serverCertificatePEM, privateKeyPEM: credentials.serverKeyPEM,
             clientCARootsPEM: credentials.caPEM)
         let server = GRPCServer(configuration: serverConfiguration, handlers: TestMethods.handlers)
-        try server.start()
+        try server.startServing()
         defer { server.shutdown(gracePeriod: .zero) }
         let port = try #require(server.boundPort)
 
@@ -137,7 +137,7 @@ struct TLSClientTests {
             certificateChainPEM: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
             privateKeyPEM: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
         let server = GRPCServer(configuration: configuration, handlers: TestMethods.handlers)
-        #expect(throws: GRPCStatus.self) { try server.start() }
+        #expect(throws: GRPCStatus.self) { try server.startServing() }
     }
 
     @Test("PEM-shaped but invalid key material fails at call time, not with a crash")

@@ -75,7 +75,7 @@ final class TestServer: Sendable {
         var configuration = GRPCServerConfiguration(address: "unix://" + socketPath)
         configure(&configuration)
         server = GRPCServer(configuration: configuration, handlers: handlers)
-        try server.start()
+        try server.startServing()
     }
 
     deinit {

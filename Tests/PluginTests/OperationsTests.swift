@@ -269,14 +269,15 @@ struct OperationsTests {
         let name = "p11kms-test-\(UInt32.random(in: 0...UInt32.max))"
         let serve = Process()
         serve.executableURL = URL(fileURLWithPath: PluginProcess.executable)
-        serve.arguments = ["serve", "--listen", "unix:///@\(name)", "--http-listen", "off"] + plugin.tokenArguments
+        serve.arguments = ["serve", "--listen", "unix:///@\(name)", "--allow-abstract-socket", "--http-listen", "off"] + plugin.tokenArguments
         serve.environment = plugin.environment
         serve.standardError = FileHandle.nullDevice
         try serve.run()
         ChildProcesses.register(serve.processIdentifier)
         defer { serve.terminate(); serve.waitUntilExit() }
         #expect(try waitUntil(10) { try plugin.run(["status", "--listen", "unix:///@\(name)"]).status == 0 })
-        let second = try plugin.run(["serve", "--listen", "unix:///@\(name)", "--http-listen", "off"] + plugin.tokenArguments)
+        let second = try plugin.run(["serve", "--listen", "unix:///@\(name)", "--allow-abstract-socket", "--http-listen", "off"]
+                                    + plugin.tokenArguments)
         #expect(second.status == 1)
         #expect(serve.isRunning)
     }
