@@ -2,7 +2,6 @@ import CoreMetrics
 import KeyService
 import Logging
 import PKCS11
-import Synchronization
 
 /// The plugin's metrics, through swift-metrics (the executable bootstraps a Prometheus backend). Handles are created
 /// once and reused: the hot path only increments.
@@ -32,12 +31,8 @@ public final class KMSMetrics: Sendable {
 
     private let operations: [String: [Outcome: Counter]]
     private let durations: [String: Timer]
-    private struct KeyUse: Hashable {
-        let keyID: String
-        let operation: String
-    }
-
-    private let keyUse = Mutex<[KeyUse: (counter: Counter, count: UInt64)]>([:])
+    /// Per-key series: usage on the hot path, identity and state before each scrape (KMSMetrics+Keys.swift).
+    let keySeries = KeySeries()
     private let tokenHealthy = Gauge(label: "p11kms_token_healthy")
     private let sessionsOpen = Gauge(label: "p11kms_pkcs11_sessions_open")
     private let sessionsInUse = Gauge(label: "p11kms_pkcs11_sessions_in_use")
@@ -78,24 +73,16 @@ public final class KMSMetrics: Sendable {
         let elapsed = ContinuousClock.now - started
         durations[method]?.recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
         if let keyID, method == "Encrypt" || method == "Decrypt" {
-            countKeyUse(keyID: keyID, operation: method == "Encrypt" ? "encrypt" : "decrypt")
+            countKeyUse(keyID: keyID, operation: method == "Encrypt" ? .encrypt : .decrypt)
         }
     }
 
     /// Counts one use of a root key; warns (once) when a key's encryptions in this process pass the threshold.
-    private func countKeyUse(keyID: String, operation: String) {
-        let name = KeyUse(keyID: keyID, operation: operation)
-        let crossed: UInt64? = keyUse.withLock { counters in
-            var entry = counters[name] ?? (Counter(label: "p11kms_root_key_operations_total",
-                                                   dimensions: [("key_id", keyID), ("operation", operation)]), 0)
-            entry.counter.increment()
-            entry.count += 1
-            counters[name] = entry
-            return operation == "encrypt" && entry.count == warningThreshold ? entry.count : nil
-        }
-        if let crossed {
+    private func countKeyUse(keyID: String, operation: KeySeries.Operation) {
+        let count = keySeries.use(keyID: keyID, operation: operation)
+        if operation == .encrypt && count == warningThreshold {
             logger.warning("root key nears the AES-GCM usage limit; rotate it ('p11kms rotate')",
-                           metadata: ["key_id": "\(keyID)", "encryptions": "\(crossed)", "limit": "4294967296"])
+                           metadata: ["key_id": "\(keyID)", "encryptions": "\(count)", "limit": "4294967296"])
         }
     }
 
@@ -114,5 +101,6 @@ public final class KMSMetrics: Sendable {
         for (state, gauge) in keyStates {
             gauge.record(keys.filter { $0.state == state }.count)
         }
+        keySeries.describe(keys)
     }
 }

@@ -128,7 +128,7 @@ struct Serve: ParsableCommand {
         }
         let server = PluginServer(configuration: configuration, service: service, health: health, metrics: metrics,
                                   logger: logger, runtimeVersion: P11KMS.version,
-                                  metricsText: { registry.emitToBuffer() })
+                                  metricsText: { KMSMetrics.withHelp(registry.emitToBuffer()) })
         do {
             try server.start()
         } catch {
