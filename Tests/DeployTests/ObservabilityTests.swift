@@ -9,6 +9,8 @@ final class LivePlugin: @unchecked Sendable {
     let plugin: PluginProcess
     let port: Int
     let keys: (old: String, new: String)
+    /// A data key wrapped under the old key.
+    let oldCiphertext: Data
 
     init(name: String) throws {
         plugin = try PluginProcess(name: name)
@@ -29,6 +31,7 @@ final class LivePlugin: @unchecked Sendable {
         _ = try client.encrypt(seed)
         _ = try client.decrypt(old.ciphertext, keyID: old.keyID)
         keys = (old.keyID, newKey)
+        oldCiphertext = old.ciphertext
     }
 
     func metrics() throws -> String {
