@@ -71,6 +71,29 @@ enum Observability {
         return found
     }
 
+    /// The README's ```promql blocks: each expression follows a `#` comment line.
+    static func readmeExpressions() throws -> [Expression] {
+        var found: [Expression] = []
+        for block in fencedBlocks(try Repository.text("README.md"), language: "promql") {
+            var comment = ""
+            var lines: [String] = []
+            func flush() {
+                if !lines.isEmpty { found.append(Expression(origin: "README.md: \(comment)", promQL: lines.joined(separator: "\n"))) }
+                lines = []
+            }
+            for line in block.split(separator: "\n") {
+                if line.hasPrefix("#") {
+                    flush()
+                    comment = String(line.dropFirst(2))
+                } else {
+                    lines.append(String(line))
+                }
+            }
+            flush()
+        }
+        return found
+    }
+
     static func grafanaToPromQL(_ expr: String) -> String {
         expr.replacingOccurrences(of: "$__rate_interval", with: "5m")
             .replacingOccurrences(of: "$job", with: ".*")
