@@ -107,6 +107,7 @@ struct PrometheusAlertTests {
         // The token goes away (its directory moved, as in the outage test); calls fail with Unavailable.
         let away = live.plugin.hsm.root.appendingPathComponent("tokens.away")
         try FileManager.default.moveItem(at: live.plugin.hsm.tokenDirectory, to: away)
+        let tokenGone = Date()
         #expect(waitForStatus(client, healthy: false))
         for _ in 0..<10 {
             #expect(throws: GRPCStatus.self) { _ = try client.encrypt(Array("seed".utf8)) }
@@ -115,13 +116,15 @@ struct PrometheusAlertTests {
         #expect(outage.isSuperset(of: ["P11KMSTokenDown", "P11KMSCallsFailing"]), "firing: \(outage)")
         #expect(try prometheus.alerts().contains(.init(name: "P11KMSTokenDown", state: "firing", instance: instance)))
         #expect(!outage.contains("P11KMSPluginDown"))
-        print("alerts firing during the token outage: \(outage.sorted())")
+        print("alerts firing during the token outage, \(seconds(since: tokenGone)) s after the token went: \(outage.sorted())")
 
         // The token returns: TokenDown resolves without a restart.
         try FileManager.default.moveItem(at: away, to: live.plugin.hsm.tokenDirectory)
+        let tokenBack = Date()
         #expect(waitForStatus(client, healthy: true))
         let recovered = try prometheus.wait(30) { !$0.contains("P11KMSTokenDown") }
         #expect(!recovered.contains("P11KMSTokenDown"), "firing after recovery: \(recovered)")
+        print("P11KMSTokenDown resolved \(seconds(since: tokenBack)) s after the token returned")
 
         // The old key is retired and something still asks for it.
         let retired = try live.plugin.run(["retire", live.keys.old] + live.plugin.tokenArguments)
@@ -137,15 +140,21 @@ struct PrometheusAlertTests {
             }
         }
         #expect(sawRefusal)
+        let refusedAt = Date()
         let afterRetire = try prometheus.wait(30) { $0.contains("P11KMSDecryptRefused") }
         #expect(afterRetire.contains("P11KMSDecryptRefused"), "firing: \(afterRetire)")
-        print("alerts firing after a Decrypt under the retired key: \(afterRetire.sorted())")
+        print("alerts firing \(seconds(since: refusedAt)) s after a Decrypt under the retired key: \(afterRetire.sorted())")
 
         // The plugin stops: Prometheus cannot scrape it.
         #expect(live.plugin.stop() == 0)
+        let stoppedAt = Date()
         let stopped = try prometheus.wait(30) { $0.contains("P11KMSPluginDown") }
         #expect(stopped.contains("P11KMSPluginDown"), "firing: \(stopped)")
-        print("alerts firing with the plugin stopped: \(stopped.sorted())")
+        print("alerts firing \(seconds(since: stoppedAt)) s after the plugin stopped: \(stopped.sorted())")
+    }
+
+    private func seconds(since start: Date) -> String {
+        String(format: "%.1f", Date().timeIntervalSince(start))
     }
 
     private func waitForStatus(_ client: KMSClient, healthy: Bool) -> Bool {
