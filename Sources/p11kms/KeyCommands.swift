@@ -67,26 +67,34 @@ struct Rotate: ParsableCommand {
 
 struct Keys: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List the root keys: key_id, label, creation time and state (current, active = decrypt-only, retired).")
+        abstract: "List the root keys: key_id, label, creation time and state (current, active = decrypt-only, retired), and each key's last use as a running plugin saw it.")
 
     @OptionGroup var token: TokenOptions
 
     @Option(help: ArgumentHelp("Output: text or json.", valueName: "format"))
     var format: String = "text"
 
+    @Option(help: ArgumentHelp("HTTP address of a running 'p11kms serve', whose /metrics adds each key's last Encrypt and Decrypt; 'off' to skip (env P11KMS_HTTP_LISTEN, config http-listen; default 127.0.0.1:8787).", valueName: "address"))
+    var http: String?
+
     func run() throws {
         let ring = try openKeyRing(token)
         let keys = ring.keys
+        let usage = KeyUsage.fetch(flag: http, settings: try token.resolver())
+        usage?.checkCurrent(ring.current?.keyID)
         if format == "json" {
             let rows: [[String: Any]] = keys.map {
                 ["key_id": $0.keyID, "label": $0.label, "created": $0.createdRFC3339, "state": $0.state.rawValue, "generation": $0.generation]
+                    .merging(usage?.fields($0.keyID) ?? [:]) { a, _ in a }
             }
-            let data = try JSONSerialization.data(withJSONObject: ["keys": rows], options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
+            var object: [String: Any] = ["keys": rows]
+            if let usage { object["plugin"] = usage.summary }
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        let header = ["KEY_ID", "STATE", "CREATED", "LABEL"]
-        let rows = keys.reversed().map { [$0.keyID, $0.state.rawValue, $0.createdRFC3339, $0.label] }
+        let header = ["KEY_ID", "STATE", "CREATED", "LABEL"] + (usage == nil ? [] : ["LAST_ENCRYPT", "LAST_DECRYPT"])
+        let rows = keys.reversed().map { [$0.keyID, $0.state.rawValue, $0.createdRFC3339, $0.label] + (usage?.cells($0.keyID) ?? []) }
         print(Table.render(header: header, rows: rows))
     }
 }

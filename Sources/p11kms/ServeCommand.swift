@@ -133,7 +133,7 @@ struct Serve: ParsableCommand {
         let metrics = KMSMetrics(logger: logger)
         let server = PluginServer(configuration: configuration, service: service, metrics: metrics,
                                   logger: logger, runtimeVersion: P11KMS.version,
-                                  metricsText: { registry.emitToBuffer() })
+                                  metricsText: { KMSMetrics.withHelp(registry.emitToBuffer()) })
         let wasHealthy = Mutex(true)
         server.health.onChange { health, keyChanged in
             if keyChanged, let key = health.currentKeyID { logger.info("key ring changed", metadata: ["current_key_id": "\(key)"]) }
