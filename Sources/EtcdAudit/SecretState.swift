@@ -2,6 +2,9 @@
 public enum SecretState: String, Sendable, CaseIterable, Hashable, Comparable {
     /// Unencrypted: protobuf (`k8s\0` + runtime.Unknown) or JSON.
     case plaintext
+    /// Unencrypted, and its data holds a private key (a PEM `PRIVATE KEY` block, or a Fabric MSP keystore entry):
+    /// the worst finding, listed first.
+    case plaintextPrivateKey = "plaintext-private-key"
     /// A KMS v2 envelope of this provider under the plugin's current key_id.
     case current
     /// A KMS v2 envelope of this provider under an older key the plugin still holds.
@@ -17,9 +20,11 @@ public enum SecretState: String, Sendable, CaseIterable, Hashable, Comparable {
     /// Carries this provider's KMS v2 prefix but the envelope does not parse, or matches no known storage format.
     case undecodable
 
-    /// Report order: the goal state first, then what a rotation or migration still has to rewrite.
+    /// Report order: exposed private keys first, then the goal state, then what a rotation or migration still has
+    /// to rewrite.
     public var order: Int {
         switch self {
+        case .plaintextPrivateKey: -1
         case .current: 0
         case .stale: 1
         case .unknownKey: 2

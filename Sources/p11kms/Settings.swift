@@ -45,6 +45,9 @@ enum SettingKeys {
         ("shutdown-grace", "P11KMS_SHUTDOWN_GRACE", "5"),
         ("probe-interval", "P11KMS_PROBE_INTERVAL", "2"),
         ("canary-interval", "P11KMS_CANARY_INTERVAL", "10"),
+        // destroy --audit-json: the oldest audit accepted, and the apiserver's --etcd-prefix it must have read.
+        ("audit-max-age", "P11KMS_AUDIT_MAX_AGE", "1h"),
+        ("etcd-prefix", "P11KMS_ETCD_PREFIX", "/registry"),
     ]
 
     static func env(for key: String) -> String {
