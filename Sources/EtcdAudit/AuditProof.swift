@@ -120,8 +120,7 @@ public struct AuditProof: Sendable, Equatable {
 
     static func duration(_ seconds: Double) -> String {
         let s = Int(seconds.rounded())
-        if s >= 3600, s % 3600 == 0 { return "\(s / 3600)h" }
-        if s >= 3600 { return "\(s / 3600)h\(s % 3600 / 60)m" }
+        if s >= 3600 { return s % 3600 / 60 == 0 ? "\(s / 3600)h" : "\(s / 3600)h\(s % 3600 / 60)m" }
         if s >= 60 { return "\(s / 60)m\(s % 60 == 0 ? "" : "\(s % 60)s")" }
         return "\(s)s"
     }
