@@ -7,13 +7,14 @@ public enum SecretState: String, Sendable, CaseIterable, Hashable, Comparable {
     case plaintextPrivateKey = "plaintext-private-key"
     /// A KMS v2 envelope of this provider under the plugin's current key_id.
     case current
-    /// A KMS v2 envelope of this provider under an older key the plugin still holds.
+    /// A KMS v2 envelope of this provider under an older key the plugin still holds, or under any held key with the
+    /// legacy `AES_GCM_KEY` data key (kube-apiserver 1.29+ rewrites those: they are stale to it too).
     case stale
     /// A KMS v2 envelope of this provider under a key_id the plugin cannot decrypt with (not held, retired, foreign).
     case unknownKey = "unknown-key"
     /// A KMS envelope (v1 or v2) of another provider name.
     case otherProvider = "other-provider"
-    /// A KMS v1 envelope of this provider.
+    /// A KMS v1 envelope of this provider (its key_id read from the p11kms envelope inside, when it is one).
     case kmsV1 = "kms-v1"
     /// Encrypted with a local key: `aescbc`, `aesgcm` or `secretbox`.
     case localKey = "local-key"
