@@ -75,6 +75,22 @@ import Testing
         }
     }
 
+    /// Truncated and byte-flipped audits parse or fail with a message; never a crash.
+    @Test func damagedDocuments() {
+        let json = Array(Self.report(secrets: [Self.current]))
+        var generator = SystemRandomNumberGenerator()
+        for cut in stride(from: 0, to: json.count - 2, by: 7) {  // "}\n" ends it: shorter cuts lose the "}"
+            #expect((try? AuditProof.parse(Data(json[..<cut]))) == nil, "a truncated audit parsed at \(cut)")
+        }
+        for _ in 0..<500 {
+            var bytes = json
+            bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+            if let proof = try? AuditProof.parse(Data(bytes)) {
+                _ = proof.refusals(keyID: Self.key, now: Self.now, maxAge: 3600)
+            }
+        }
+    }
+
     @Test func durations() {
         #expect(AuditProof.parseDuration("3600") == 3600)
         #expect(AuditProof.parseDuration("1h") == 3600)

@@ -71,6 +71,20 @@ import TestSupport
         #expect(name == "a:b:c" && body.keyID.isEmpty)
     }
 
+    /// Arbitrary bytes after the v1 prefix never crash and never invent a key_id that is not in them.
+    @Test func arbitraryBodies() throws {
+        var generator = SystemRandomNumberGenerator()
+        let classifier = StorageClassifier(provider: "hsm")
+        for _ in 0..<2000 {
+            var body = APIServerWriter.random(Int.random(in: 0..<120, using: &generator))
+            if body.count > 10, Bool.random(using: &generator) { body[Int.random(in: 0..<body.count, using: &generator)] = UInt8(ascii: ":") }
+            let value = Array("k8s:enc:kms:v1:".utf8) + (Bool.random(using: &generator) ? Array("hsm:".utf8) : []) + body
+            if case .kmsV1(_, let parsed) = classifier.format(of: Data(value)) {
+                #expect(parsed.keyID.isEmpty != parsed.problem.isEmpty)
+            }
+        }
+    }
+
     @Test func legacyAESGCMKeyIsParsed() throws {
         let state = KMSv2WriteState(provider: "hsm", sourceType: .aesGCMKey, keyID: Self.keyID,
                                     encryptedDEKSource: Data(APIServerWriter.random(82)))
