@@ -3,11 +3,27 @@
 extension AuditReport {
     public func renderTable(listLimit: Int = 50) -> String {
         var out = ""
-        let where_ = scannedPrefixes.count == 1 ? scannedPrefixes[0] : "\(scannedPrefixes.count) namespaces"
-        out += "Secrets under \(where_) at etcd revision \(revision): \(total)\n"
+        let where_ = scannedPrefixes.count == 1 ? scannedPrefixes[0] : "\(scannedPrefixes.count) key ranges"
+        let what = scope.resources == ["secrets"] ? "Secrets" : "Objects (\(scope.resources.joined(separator: ", ")))"
+        out += "\(what) under \(where_) at etcd revision \(revision): \(total)"
+        if scope.nameFilter == "fabric" { out += " (--fabric: only *-keystore, *-msp, *-tls and *-crypto Secrets)" }
+        out += "\n"
         out += "Provider \"\(provider)\"; the plugin's current key_id is \(plugin.keyID)"
         if plugin.healthz != "ok" { out += " (plugin health: \(plugin.healthz))" }
         out += "\n\n"
+
+        // The worst finding first: private keys stored in plaintext. Names of data keys only, never content.
+        let exposed = secrets.filter { $0.state == .plaintextPrivateKey }
+        if !exposed.isEmpty {
+            out += "Exposed: private keys stored in plaintext (\(exposed.count)):\n"
+            var rows = [["NAMESPACE", "NAME", "RESOURCE", "DATA KEYS"]]
+            for secret in exposed.prefix(listLimit) {
+                rows.append([secret.namespace, secret.name, secret.resource, Table.truncate(secret.detail, 80)])
+            }
+            out += Table.render(rows, rightAligned: [])
+            if exposed.count > listLimit { out += "... and \(exposed.count - listLimit) more (--format json lists every one)\n" }
+            out += "\n"
+        }
 
         let counts = countsByState
         var stateRows = [["STATE", "SECRETS"]]
@@ -41,13 +57,14 @@ extension AuditReport {
             out += Table.render(rows, rightAligned: Set(1..<(present.count + 2)))
         }
 
-        let notCurrent = secrets.filter { $0.state != .current }
+        let notCurrent = exposed + secrets.filter { $0.state != .current && $0.state != .plaintextPrivateKey }
         if !notCurrent.isEmpty {
             out += "\nNot current (\(notCurrent.count)):\n"
-            var rows = [["NAMESPACE", "NAME", "STATE", "PROVIDER", "KEY ID", "DETAIL"]]
+            let several = scope.resources.count > 1
+            var rows = [["NAMESPACE", "NAME"] + (several ? ["RESOURCE"] : []) + ["STATE", "PROVIDER", "KEY ID", "DETAIL"]]
             for secret in notCurrent.prefix(listLimit) {
-                rows.append([secret.namespace, secret.name, secret.state.rawValue, secret.provider,
-                             Table.truncate(secret.keyID, 48), Table.truncate(secret.detail, 60)])
+                rows.append([secret.namespace, secret.name] + (several ? [secret.resource] : [])
+                            + [secret.state.rawValue, secret.provider, Table.truncate(secret.keyID, 48), Table.truncate(secret.detail, 60)])
             }
             out += Table.render(rows, rightAligned: [])
             if notCurrent.count > listLimit {

@@ -1,5 +1,8 @@
-/// One Secret as the audit found it.
+import Foundation
+
+/// One stored object (a Secret, or a value of another `--resources` type) as the audit found it.
 public struct AuditedSecret: Sendable, Equatable {
+    /// Empty for cluster-scoped resource types.
     public var namespace: String
     public var name: String
     public var state: SecretState
@@ -7,17 +10,21 @@ public struct AuditedSecret: Sendable, Equatable {
     public var provider: String
     /// The KMS key_id, or the local key name; empty where it does not apply.
     public var keyID: String
-    /// Why a value is `undecodable` or a key unknown; empty otherwise. Not part of the JSON schema's required fields.
+    /// Why a value is `undecodable`, a key unknown, a value stale under the current key (legacy data key), a KMS
+    /// v1 value's key cannot be told, or which data keys hold a private key (names only); empty otherwise.
     public var detail: String
+    /// The resource type (`secrets`, `configmaps`, ...).
+    public var resource: String
 
     public init(namespace: String, name: String, state: SecretState, provider: String = "", keyID: String = "",
-                detail: String = "") {
+                detail: String = "", resource: String = "secrets") {
         self.namespace = namespace
         self.name = name
         self.state = state
         self.provider = provider
         self.keyID = keyID
         self.detail = detail
+        self.resource = resource
     }
 }
 
@@ -56,23 +63,59 @@ public struct Verification: Sendable, Equatable {
     public var failedSecrets: Int { failures.reduce(0) { $0 + $1.secrets.count } }
 }
 
+/// What an audit looked at: `destroy --audit-json` accepts only a complete one (every namespace, no name filter).
+public struct AuditScope: Sendable, Equatable {
+    public var provider: String
+    /// kube-apiserver's `--etcd-prefix`, normalised (`/registry/`).
+    public var etcdPrefix: String
+    /// Resource types scanned (`secrets`, ...).
+    public var resources: [String]
+    /// Only these namespaces; empty means all.
+    public var namespaces: [String]
+    /// `fabric` with `--fabric` (only a Fabric operator's node-key Secrets); empty otherwise.
+    public var nameFilter: String
+    /// The key ranges read.
+    public var prefixes: [String]
+    /// The etcd revision every range was read at.
+    public var revision: Int64
+    /// When the scan started.
+    public var time: Date
+
+    public init(provider: String, etcdPrefix: String, resources: [String], namespaces: [String], nameFilter: String,
+                prefixes: [String], revision: Int64, time: Date) {
+        self.provider = provider
+        self.etcdPrefix = etcdPrefix
+        self.resources = resources
+        self.namespaces = namespaces
+        self.nameFilter = nameFilter
+        self.prefixes = prefixes
+        self.revision = revision
+        self.time = time
+    }
+
+    /// Every object of the scanned resource types was read.
+    public var complete: Bool { namespaces.isEmpty && nameFilter.isEmpty }
+}
+
 /// Everything one audit run found.
 public struct AuditReport: Sendable {
     public var provider: String
-    /// The scanned range, e.g. `/registry/secrets/`.
+    /// The scanned ranges, e.g. `/registry/secrets/`.
     public var scannedPrefixes: [String]
     /// The etcd revision every page was read at (of the first scanned range).
     public var revision: Int64
     public var plugin: PluginStatus
-    /// In etcd key order.
+    /// In scan order: by resource type, then etcd key order.
     public var secrets: [AuditedSecret]
     public var keys: [KeyFinding]
     public var verification: Verification?
     /// Seconds spent reading and classifying etcd (without `--verify`).
     public var scanSeconds: Double
+    public var scope: AuditScope
 
     public init(provider: String, scannedPrefixes: [String], revision: Int64, plugin: PluginStatus,
-                secrets: [AuditedSecret], keys: [KeyFinding], verification: Verification?, scanSeconds: Double) {
+                secrets: [AuditedSecret], keys: [KeyFinding], verification: Verification?, scanSeconds: Double,
+                scope: AuditScope? = nil) {
         self.provider = provider
         self.scannedPrefixes = scannedPrefixes
         self.revision = revision
@@ -81,6 +124,8 @@ public struct AuditReport: Sendable {
         self.keys = keys
         self.verification = verification
         self.scanSeconds = scanSeconds
+        self.scope = scope ?? AuditScope(provider: provider, etcdPrefix: "/registry/", resources: ["secrets"], namespaces: [],
+                                         nameFilter: "", prefixes: scannedPrefixes, revision: revision, time: Date())
     }
 
     public var total: Int { secrets.count }
@@ -97,6 +142,13 @@ public struct AuditReport: Sendable {
         var table: [String: [SecretState: Int]] = [:]
         for secret in secrets { table[secret.namespace, default: [:]][secret.state, default: 0] += 1 }
         return table.keys.sorted().map { ($0, table[$0]!) }
+    }
+
+    /// Counts per resource type, in scope order.
+    public var countsByResource: [(resource: String, count: Int)] {
+        var counts: [String: Int] = [:]
+        for secret in secrets { counts[secret.resource, default: 0] += 1 }
+        return scope.resources.map { ($0, counts[$0] ?? 0) }
     }
 
     /// True when every Secret is `current` and, with `--verify`, every DEK could be unwrapped.

@@ -10,6 +10,10 @@ public struct AuditOptions: Sendable {
     public var etcdPrefix: String
     /// Only these namespaces (all when empty).
     public var namespaces: [String]
+    /// The resource types the EncryptionConfiguration encrypts with this provider (`secrets` by default).
+    public var resources: [ResourceType]
+    /// Only the Secrets a Fabric operator keeps node keys in (`*-keystore`, `*-msp`, `*-tls`, `*-crypto`).
+    public var fabric: Bool
     /// Keys per Range call.
     public var pageSize: Int
     /// Decrypt every distinct DEK of this provider's KMS v2 Secrets.
@@ -18,10 +22,13 @@ public struct AuditOptions: Sendable {
     public var verifyConcurrency: Int
 
     public init(provider: String, etcdPrefix: String = "/registry", namespaces: [String] = [], pageSize: Int = 1000,
-                verify: Bool = false, verifyConcurrency: Int = 4) {
+                verify: Bool = false, verifyConcurrency: Int = 4, resources: [ResourceType] = [.secrets],
+                fabric: Bool = false) {
         self.provider = provider
         self.etcdPrefix = etcdPrefix
         self.namespaces = namespaces
+        self.resources = resources
+        self.fabric = fabric
         self.pageSize = pageSize
         self.verify = verify
         self.verifyConcurrency = verifyConcurrency
@@ -38,8 +45,8 @@ public struct AuditProgress: Sendable {
     public var elapsed: Duration
 }
 
-/// Reads every Secret under `<prefix>/secrets/` from etcd at one revision, classifies its stored bytes and asks the
-/// plugin which of the key_ids found it holds. Blocking: run it on a thread of its own (the CLI's main thread).
+/// Reads every Secret under `<prefix>/secrets/` (and every object of the other `resources`) from etcd at one
+/// revision, classifies its stored bytes and asks the plugin which of the key_ids found it holds. Blocking: run it on a thread of its own (the CLI's main thread).
 public struct AuditRunner: Sendable {
     public let etcd: EtcdClient
     public let plugin: PluginClient
@@ -52,8 +59,11 @@ public struct AuditRunner: Sendable {
     }
 
     public func run(progress: ((AuditProgress) -> Void)? = nil) throws(AuditError) -> AuditReport {
-        guard !options.provider.isEmpty, !options.provider.contains(":") else {
-            throw AuditError(.configuration, "the provider name must be non-empty and contain no ':'")
+        // KMS v1 provider names may contain ':' (v2 names may not); the classifier matches the name exactly.
+        guard !options.provider.isEmpty else { throw AuditError(.configuration, "the provider name must be non-empty") }
+        guard !options.resources.isEmpty else { throw AuditError(.configuration, "--resources lists no resource type") }
+        if options.fabric, !options.resources.contains(.secrets) {
+            throw AuditError(.configuration, "--fabric selects Secrets: --resources must include secrets")
         }
         guard options.pageSize > 0 else { throw AuditError(.configuration, "the page size must be positive") }
         for namespace in options.namespaces where namespace.isEmpty || namespace.contains("/") {
@@ -66,6 +76,7 @@ public struct AuditRunner: Sendable {
 
         let clock = ContinuousClock()
         let started = clock.now
+        let startedAt = Date()
         progress?(AuditProgress(phase: .scanning, done: 0, total: 0, elapsed: .zero))
         var scan = try scanEtcd { done, total in
             progress?(AuditProgress(phase: .scanning, done: done, total: total, elapsed: clock.now - started))
@@ -86,34 +97,47 @@ public struct AuditRunner: Sendable {
         }
         let keys = try resolveKeys(scan: scan, currentKeyID: status.keyID, outcomes: outcomes)
         scan.applyKeyStates(keys)
+        let scope = AuditScope(provider: options.provider, etcdPrefix: EtcdKeys.normalizedPrefix(options.etcdPrefix),
+                               resources: options.resources.map(\.name), namespaces: Set(options.namespaces).sorted(),
+                               nameFilter: options.fabric ? "fabric" : "", prefixes: scan.prefixes,
+                               revision: scan.revision, time: startedAt)
         return AuditReport(provider: options.provider, scannedPrefixes: scan.prefixes, revision: scan.revision,
                            plugin: status, secrets: scan.secrets, keys: keys, verification: verification,
-                           scanSeconds: scanSeconds)
+                           scanSeconds: scanSeconds, scope: scope)
     }
 
     // MARK: Scan
 
     private func scanEtcd(progress: (Int, Int) -> Void) throws(AuditError) -> ScanResult {
         let namespaces = Set(options.namespaces).sorted()
-        let prefixes: [[UInt8]] = namespaces.isEmpty
-            ? [EtcdKeys.secretsPrefix(etcdPrefix: options.etcdPrefix)]
-            : namespaces.map { EtcdKeys.secretsPrefix(etcdPrefix: options.etcdPrefix, namespace: $0) }
-        let secretsPrefixLength = EtcdKeys.secretsPrefix(etcdPrefix: options.etcdPrefix).count
-        var result = ScanResult(classifier: StorageClassifier(provider: options.provider),
-                                secretsPrefixLength: secretsPrefixLength)
-        result.prefixes = prefixes.map { String(decoding: $0, as: UTF8.self) }
+        var ranges: [ScannedRange] = []
+        for resource in options.resources {
+            let base = EtcdKeys.resourcePrefix(etcdPrefix: options.etcdPrefix, resource: resource)
+            if namespaces.isEmpty {
+                ranges.append(ScannedRange(resource: resource, prefix: base, objectPrefixLength: base.count))
+            } else {
+                for namespace in namespaces {
+                    ranges.append(ScannedRange(resource: resource, prefix: EtcdKeys.resourcePrefix(
+                        etcdPrefix: options.etcdPrefix, resource: resource, namespace: namespace), objectPrefixLength: base.count))
+                }
+            }
+        }
+        var result = ScanResult(classifier: StorageClassifier(provider: options.provider), fabricOnly: options.fabric)
+        result.prefixes = ranges.map { String(decoding: $0.prefix, as: UTF8.self) }
         var expected = 0
-        for prefix in prefixes {
+        var seen = 0
+        for range in ranges {
             var counted = false
-            try etcd.scan(prefix: prefix, pageSize: options.pageSize, revision: result.revision) { page throws(AuditError) in
+            try etcd.scan(prefix: range.prefix, pageSize: options.pageSize, revision: result.revision) { page throws(AuditError) in
                 if result.revision == 0 { result.revision = page.revision }
                 if !counted {
                     counted = true
                     expected += Int(page.total)
                 }
                 result.secrets.reserveCapacity(expected)
-                for kv in page.kvs { result.add(kv) }
-                progress(result.secrets.count, expected)
+                for kv in page.kvs { result.add(kv, in: range) }
+                seen += page.kvs.count
+                progress(seen, expected)
             }
         }
         return result

@@ -7,8 +7,9 @@ import Synchronization
 /// The subset of etcd's v3 API the audit (and its tests) need: KV.Range, Put, DeleteRange and Auth.Authenticate,
 /// over the project's blocking gRPC client. Calls block the calling thread; use threads of your own.
 ///
-/// Endpoints are tried in order; a call that finds its endpoint unavailable moves on to the next one. With a user
-/// and password the client authenticates first and re-authenticates once when etcd says the token expired.
+/// Endpoints are tried in order; a call that finds its endpoint unavailable moves on to the next one, except after a
+/// failed TLS handshake, which fails the call. A user and password are accepted only when every endpoint is https://;
+/// the client then authenticates first and re-authenticates once when etcd says the token expired.
 public final class EtcdClient: Sendable {
     public let configuration: EtcdClientConfiguration
     private let endpoints: [EtcdEndpoint]
@@ -28,6 +29,10 @@ public final class EtcdClient: Sendable {
         var endpoints: [EtcdEndpoint] = []
         for text in configuration.endpoints {
             endpoints.append(try EtcdEndpoint(parsing: text, tlsByDefault: configuration.usesTLSMaterial))
+        }
+        if configuration.user != nil, let plain = endpoints.first(where: { !$0.secure }) {
+            throw AuditError(.configuration, "etcd endpoint \(plain.display): --user/--password would travel unencrypted; "
+                + "use https:// endpoints (with --cacert) for password authentication")
         }
         if !endpoints.contains(where: \.secure), configuration.certificatePEM != nil {
             throw AuditError(.configuration, "--cert and --key need an https:// etcd endpoint")
@@ -143,6 +148,13 @@ public final class EtcdClient: Sendable {
                     throw AuditError(.etcdFailed, "etcd \(endpoints[index].display) \(Self.name(of: method)): \(error)",
                                      status: error)
                 }
+                // A failed TLS handshake is not an outage: the next endpoint must not hide a certificate that does
+                // not verify (or a server that is not etcd).
+                if endpoints[index].secure, Self.isTLSFailure(error.message) {
+                    throw AuditError(.etcdUnavailable, "etcd \(endpoints[index].display): TLS handshake failed (\(error.message)); "
+                        + "not trying other endpoints. Check that --cacert is the CA of etcd's server certificate and that "
+                        + "--cert/--key are a client certificate etcd trusts", status: error)
+                }
                 failures.append("\(endpoints[index].display): \(error.message)")
             }
         }
@@ -175,6 +187,12 @@ public final class EtcdClient: Sendable {
         }
         state.withLock { $0.token = response.token }
         return response.token
+    }
+
+    /// The gRPC core reports handshake failures as UNAVAILABLE with the TLS library's words in the message.
+    static func isTLSFailure(_ message: String) -> Bool {
+        let lower = message.lowercased()
+        return ["handshake", "ssl", "tls", "certificate"].contains { lower.contains($0) }
     }
 
     private static func name(of method: String) -> String {

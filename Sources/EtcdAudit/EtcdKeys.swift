@@ -15,6 +15,13 @@ public enum EtcdKeys {
         return Array(key.utf8)
     }
 
+    /// `<prefix>/<resource path>/`, or `<prefix>/<resource path>/<namespace>/` when a namespace is given.
+    public static func resourcePrefix(etcdPrefix: String, resource: ResourceType, namespace: String? = nil) -> [UInt8] {
+        var key = normalizedPrefix(etcdPrefix) + resource.path + "/"
+        if let namespace { key += namespace + "/" }
+        return Array(key.utf8)
+    }
+
     /// The `range_end` covering every key that starts with `prefix` (etcd's `getPrefix`): the last byte below 0xff
     /// incremented and everything after it dropped; `\0` (to the end of the keyspace) when every byte is 0xff.
     public static func prefixEnd(_ prefix: [UInt8]) -> [UInt8] {
@@ -32,8 +39,16 @@ public enum EtcdKeys {
     /// The Secret's namespace and name from its key, given the length of the `<prefix>/secrets/` part; nil for keys
     /// that do not have the `<namespace>/<name>` shape.
     public static func secretName(key: UnsafeBufferPointer<UInt8>, secretsPrefixLength: Int) -> (namespace: String, name: String)? {
+        objectName(key: key, prefixLength: secretsPrefixLength, clusterScoped: false)
+    }
+
+    /// An object's namespace and name from its key: `<namespace>/<name>`, or with `clusterScoped` also `<name>`
+    /// (namespace empty); nil for other shapes.
+    public static func objectName(key: UnsafeBufferPointer<UInt8>, prefixLength secretsPrefixLength: Int,
+                                  clusterScoped: Bool) -> (namespace: String, name: String)? {
         guard key.count > secretsPrefixLength else { return nil }
         let rest = UnsafeBufferPointer(rebasing: key[secretsPrefixLength...])
+        if clusterScoped, !rest.contains(UInt8(ascii: "/")) { return ("", String(decoding: rest, as: UTF8.self)) }
         guard let slash = rest.firstIndex(of: UInt8(ascii: "/")), slash > 0, slash < rest.count - 1 else { return nil }
         let name = UnsafeBufferPointer(rebasing: rest[(slash + 1)...])
         guard !name.contains(UInt8(ascii: "/")) else { return nil }

@@ -3,11 +3,20 @@ import Foundation
 import GRPCTransport
 import Synchronization
 
-/// The Secrets read so far, with this provider's KMS v2 envelopes grouped by wrapped DEK until the plugin has
+/// One scanned range: a resource type (optionally one namespace of it).
+struct ScannedRange {
+    let resource: ResourceType
+    let prefix: [UInt8]
+    /// Length of `<prefix>/<resource path>/`, where `<namespace>/<name>` starts.
+    let objectPrefixLength: Int
+}
+
+/// The values read so far, with this provider's KMS v2 envelopes grouped by wrapped DEK until the plugin has
 /// said which keys it holds.
 struct ScanResult {
     let classifier: StorageClassifier
-    let secretsPrefixLength: Int
+    /// Only Secrets named like a Fabric operator's node-key Secrets (`--fabric`).
+    let fabricOnly: Bool
     var prefixes: [String] = []
     var revision: Int64 = 0
     var secrets: [AuditedSecret] = []
@@ -19,21 +28,39 @@ struct ScanResult {
     var keyOrder: [String] = []
     private var dekIndex: [WrappedDEK: Int] = [:]
 
-    init(classifier: StorageClassifier, secretsPrefixLength: Int) {
+    init(classifier: StorageClassifier, fabricOnly: Bool = false) {
         self.classifier = classifier
-        self.secretsPrefixLength = secretsPrefixLength
+        self.fabricOnly = fabricOnly
     }
 
-    mutating func add(_ kv: Mvccpb_KeyValue) {
+    /// The name suffixes of the Secrets that hyperledger-labs fabric-operator and bevel keep node keys in.
+    static let fabricSuffixes = ["-keystore", "-msp", "-tls", "-crypto"]
+
+    static func isFabricKeySecret(_ name: String) -> Bool {
+        fabricSuffixes.contains { name.hasSuffix($0) }
+    }
+
+    mutating func add(_ kv: Mvccpb_KeyValue, in range: ScannedRange) {
         let parsed = kv.key.withUnsafeBytes { raw in
-            EtcdKeys.secretName(key: raw.bindMemory(to: UInt8.self), secretsPrefixLength: secretsPrefixLength)
+            EtcdKeys.objectName(key: raw.bindMemory(to: UInt8.self), prefixLength: range.objectPrefixLength,
+                                clusterScoped: !range.resource.isSecrets)
         }
-        // Keys without the <namespace>/<name> shape are not Secrets.
+        // Keys without the <namespace>/<name> shape (or <name> for cluster-scoped types) are not objects.
         guard let (namespace, name) = parsed else { return }
-        var secret = AuditedSecret(namespace: namespace, name: name, state: .undecodable)
+        if fabricOnly, !(range.resource.isSecrets && Self.isFabricKeySecret(name)) { return }
+        var secret = AuditedSecret(namespace: namespace, name: name, state: .undecodable, resource: range.resource.name)
         switch classifier.format(of: kv.value) {
-        case .plaintext:
-            secret.state = .plaintext
+        case .plaintext(let encoding):
+            let findings = range.resource.isSecrets
+                ? PrivateKeyScan.secret(kv.value, encoding: encoding) : PrivateKeyScan.whole(kv.value)
+            if findings.isEmpty {
+                secret.state = .plaintext
+            } else {
+                // Names of data keys only, never their content.
+                secret.state = .plaintextPrivateKey
+                secret.detail = findings.map { $0.dataKey.isEmpty ? $0.kind.rawValue : "\($0.dataKey): \($0.kind.rawValue)" }
+                    .joined(separator: ", ")
+            }
         case .kmsV2(let provider, let envelope):
             secret.provider = provider
             secret.keyID = envelope.keyID
@@ -52,8 +79,10 @@ struct ScanResult {
             } else {
                 secret.state = .otherProvider
             }
-        case .kmsV1(let provider):
+        case .kmsV1(let provider, let body):
             secret.provider = provider
+            secret.keyID = body.keyID
+            secret.detail = provider == classifier.provider ? body.problem : ""
             secret.state = provider == classifier.provider ? .kmsV1 : .otherProvider
         case .local(let kind, let keyName):
             secret.state = .localKey
@@ -79,6 +108,8 @@ struct ScanResult {
         deksByKey[dek.keyID, default: []].append(index)
     }
 
+    static let legacyReason = "legacy AES_GCM_KEY data key (written without the KDF seed): kube-apiserver treats it as stale"
+
     /// Turns the provisional `current` of this provider's KMS v2 Secrets into current, stale or unknown-key.
     mutating func applyKeyStates(_ keys: [KeyFinding]) {
         for key in keys {
@@ -92,9 +123,17 @@ struct ScanResult {
                 detail = reason
             }
             for dek in deksByKey[key.keyID] ?? [] {
+                var dekState = state
+                var dekDetail = detail
+                if deks[dek].sourceType == .aesGCMKey, state != .unknownKey {
+                    // kube-apiserver 1.29+ writes with the KDF seed and treats a legacy DEK as stale even under
+                    // the current key_id: a storage migration rewrites it.
+                    dekState = .stale
+                    dekDetail = Self.legacyReason
+                }
                 for index in secretsByDEK[dek] {
-                    secrets[index].state = state
-                    secrets[index].detail = detail
+                    secrets[index].state = dekState
+                    secrets[index].detail = dekDetail
                 }
             }
         }

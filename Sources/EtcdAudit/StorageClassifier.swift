@@ -3,7 +3,8 @@ import KMSProto
 import SwiftProtobuf
 
 /// Recognises the storage formats of PROTOCOL.md section 3 from a value's bytes. Stateless and cheap: the prefix is
-/// matched on raw bytes and only this provider's KMS v2 envelopes are fully parsed and validated.
+/// matched on raw bytes; KMS v2 envelopes are parsed and validated, KMS v1 bodies are parsed for the p11kms envelope
+/// that names the root key. Pure: `format(of:)` is a function of the bytes alone (safe to fuzz).
 public struct StorageClassifier: Sendable {
     public let provider: String
     private let ownV2Prefix: [UInt8]
@@ -44,13 +45,7 @@ public struct StorageClassifier: Sendable {
             case .failure(let failure): return .kmsV2Undecodable(provider: name, reason: failure.reason)
             }
         }
-        if bytes.starts(with: ownV1Prefix) { return .kmsV1(provider: provider) }
-        if bytes.starts(with: Self.kmsV1) {
-            guard let (name, _) = Self.name(in: bytes, from: Self.kmsV1.count) else {
-                return .unrecognized(reason: "KMS v1 prefix without a provider name")
-            }
-            return .kmsV1(provider: name)
-        }
+        if bytes.starts(with: Self.kmsV1) { return kmsV1(bytes) }
         for (kind, prefix) in Self.locals where bytes.starts(with: prefix) {
             guard let (name, _) = Self.name(in: bytes, from: prefix.count) else {
                 return .unrecognized(reason: "\(kind.rawValue) prefix without a key name")
@@ -59,6 +54,38 @@ public struct StorageClassifier: Sendable {
         }
         let shown = bytes.prefix(40).prefix { $0 >= 0x20 && $0 < 0x7f }
         return .unrecognized(reason: "unknown encryption prefix \(String(decoding: shown, as: UTF8.self))")
+    }
+
+    /// KMS v1 provider names may contain ':' (only v2 names may not), so the name ends at the ':' after which a
+    /// well-formed v1 body follows: the configured name, matched exactly, first; then the shortest such name.
+    /// Without a well-formed body anywhere, the value is this provider's when its prefix matches, else the name runs
+    /// to the first ':'; the key_id then stays empty and `problem` says why.
+    private func kmsV1(_ bytes: UnsafeBufferPointer<UInt8>) -> StoredFormat {
+        func body(after colon: Int) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: bytes[(colon + 1)...]) }
+        let own = bytes.starts(with: ownV1Prefix)
+        if own, KMSv1Body.isWellFormed(body(after: ownV1Prefix.count - 1)) {
+            return .kmsV1(provider: provider, body: KMSv1Body.parse(body(after: ownV1Prefix.count - 1)))
+        }
+        let start = Self.kmsV1.count
+        var firstColon: Int?
+        var i = start
+        // A name is printable ASCII: the search ends at the first byte that cannot be part of one.
+        while i < bytes.count, bytes[i] > 0x20, bytes[i] < 0x7f {
+            if bytes[i] == UInt8(ascii: ":"), i > start {
+                if firstColon == nil { firstColon = i }
+                if KMSv1Body.isWellFormed(body(after: i)) {
+                    return .kmsV1(provider: Self.text(bytes, start, i), body: KMSv1Body.parse(body(after: i)))
+                }
+            }
+            i += 1
+        }
+        if own { return .kmsV1(provider: provider, body: KMSv1Body.parse(body(after: ownV1Prefix.count - 1))) }
+        guard let firstColon else { return .unrecognized(reason: "KMS v1 prefix without a provider name") }
+        return .kmsV1(provider: Self.text(bytes, start, firstColon), body: KMSv1Body.parse(body(after: firstColon)))
+    }
+
+    private static func text(_ bytes: UnsafeBufferPointer<UInt8>, _ from: Int, _ to: Int) -> String {
+        String(decoding: UnsafeBufferPointer(rebasing: bytes[from..<to]), as: UTF8.self)
     }
 
     private func ownV2(_ body: Data) -> StoredFormat {

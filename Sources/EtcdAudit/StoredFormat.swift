@@ -11,8 +11,8 @@ public enum StoredFormat: Sendable, Hashable {
     case kmsV2(provider: String, envelope: KMSv2Envelope)
     /// A KMS v2 prefix whose envelope does not parse (`reason` says why).
     case kmsV2Undecodable(provider: String, reason: String)
-    /// A KMS v1 envelope.
-    case kmsV1(provider: String)
+    /// A KMS v1 envelope; `body` names the root key when the encrypted DEK is a p11kms envelope.
+    case kmsV1(provider: String, body: KMSv1Body)
     /// `aescbc`, `aesgcm` or `secretbox` with the named local key.
     case local(LocalKind, keyName: String)
     /// None of the formats kube-apiserver writes.

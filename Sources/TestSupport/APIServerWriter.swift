@@ -49,6 +49,35 @@ public enum APIServerWriter {
         return protobufMagic + (try! unknown.serializedBytes(options: deterministic) as [UInt8])
     }
 
+    /// `<prefix>/<path>/<namespace>/<name>` for another resource type, e.g. `configmaps`, or `example.com/widgets`
+    /// for a custom resource.
+    public static func key(resourcePath: String, namespace: String, name: String, prefix: String = "/registry") -> String {
+        var trimmed = prefix
+        while trimmed.hasSuffix("/") { trimmed.removeLast() }
+        return "\(trimmed)/\(resourcePath)/\(namespace)/\(name)"
+    }
+
+    /// The unencrypted protobuf ConfigMap: "k8s\0" + runtime.Unknown{typeMeta, raw = v1.ConfigMap}. A ConfigMap's
+    /// metadata (1) and data (2, map<string,string>) have the wire format of a Secret's metadata and data.
+    public static func configMapProtobuf(namespace: String, name: String, data: [String: String]) -> [UInt8] {
+        var meta = K8s_ObjectMeta()
+        meta.name = name
+        meta.namespace = namespace
+        meta.uid = UUID().uuidString.lowercased()
+        var object = K8s_Secret()
+        object.metadata = meta
+        object.data = data.mapValues { Data($0.utf8) }
+        var typeMeta = K8s_TypeMeta()
+        typeMeta.apiVersion = "v1"
+        typeMeta.kind = "ConfigMap"
+        var unknown = K8s_Unknown()
+        unknown.typeMeta = typeMeta
+        unknown.raw = Data(try! object.serializedBytes(options: deterministic) as [UInt8])
+        unknown.contentEncoding = ""
+        unknown.contentType = ""
+        return protobufMagic + (try! unknown.serializedBytes(options: deterministic) as [UInt8])
+    }
+
     /// The unencrypted JSON value (`--storage-media-type=application/json`).
     public static func secretJSON(namespace: String, name: String, data: [String: [UInt8]]) -> [UInt8] {
         let encoded = data.keys.sorted().map { "\"\($0)\":\"\(Data(data[$0]!).base64EncodedString())\"" }
@@ -103,7 +132,8 @@ public enum APIServerWriter {
 }
 
 /// The KMS v2 transformer state kube-apiserver keeps between writes: a seed (1.29+, `HKDF_SHA256_XNONCE_AES_GCM_SEED`)
-/// or a DEK (1.27–1.28, `AES_GCM_KEY`) that the plugin wrapped once, reused for every write until the key_id changes.
+/// or a DEK (1.27–1.28, `AES_GCM_KEY`, the legacy mode: `sourceType: .aesGCMKey`, field 5 left out) that the plugin
+/// wrapped once, reused for every write until the key_id changes.
 public struct KMSv2WriteState: Sendable {
     public enum SourceType: Sendable { case seed, aesGCMKey }
 

@@ -27,7 +27,9 @@ public final class EtcdFixture {
     private let process: Process
     private let logPath: String
 
-    public init(tls: Bool = false, extraArguments: [String] = []) throws {
+    /// With `tls`, etcd requires a client certificate unless `clientCertAuth` is false (server TLS only, for
+    /// password authentication over TLS).
+    public init(tls: Bool = false, clientCertAuth: Bool = true, extraArguments: [String] = []) throws {
         directory = try TemporaryDirectory.make(prefix: "etcd")
         let clientPort = try FreePort.find()
         var peerPort = try FreePort.find()
@@ -46,8 +48,8 @@ public final class EtcdFixture {
         ]
         if let certificates {
             let server = directory.appendingPathComponent("server").path
-            arguments += ["--client-cert-auth", "--trusted-ca-file", certificates.caFile,
-                          "--cert-file", server + ".pem", "--key-file", server + ".key"]
+            if clientCertAuth { arguments += ["--client-cert-auth", "--trusted-ca-file", certificates.caFile] }
+            arguments += ["--cert-file", server + ".pem", "--key-file", server + ".key"]
         }
         arguments += extraArguments
         logPath = directory.appendingPathComponent("etcd.log").path

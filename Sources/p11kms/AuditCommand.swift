@@ -8,10 +8,15 @@ struct Audit: ParsableCommand {
         commandName: "audit",
         abstract: "Report which Secrets in etcd are encrypted, under which key, and which are not.",
         discussion: """
-        Reads every Secret under <prefix>/secrets/ straight from etcd (KV.Range, in pages, all at one revision) \
-        and classifies its stored bytes: plaintext, current, stale, unknown-key, other-provider, kms-v1, local-key \
-        or undecodable. The running plugin is asked over its socket which key is current (Status) and, with one \
+        Reads every Secret under <prefix>/secrets/ (and every object of the other --resources) straight from etcd \
+        (KV.Range, in pages, all at one revision) and classifies its stored bytes: plaintext-private-key, plaintext, \
+        current, stale, unknown-key, other-provider, kms-v1, local-key or undecodable. The running plugin is asked over its socket which key is current (Status) and, with one \
         Decrypt per key_id found, which older keys it still holds; no PIN is needed. Plaintexts are never printed.
+
+        Plaintext Secrets whose data holds a private key (PEM, or a Fabric MSP keystore entry) are \
+        plaintext-private-key and listed first; only their data keys' names are printed. --fabric audits only the \
+        Secrets a Fabric operator keeps node keys in. The JSON output records the audit's scope, which \
+        'p11kms destroy --audit-json' checks.
 
         --verify asks the plugin to unwrap every distinct data key of this provider's Secrets and lists those it \
         cannot: run it after retiring a key to prove nothing still depends on it.
@@ -41,8 +46,15 @@ struct Audit: ParsableCommand {
                                valueName: "password"))
     var password: String?
 
-    @Option(help: ArgumentHelp("kube-apiserver's --etcd-prefix.", valueName: "prefix"))
-    var prefix: String = "/registry"
+    @Option(help: ArgumentHelp("kube-apiserver's --etcd-prefix (env P11KMS_ETCD_PREFIX; default /registry).", valueName: "prefix"))
+    var prefix: String?
+
+    @Option(help: ArgumentHelp("Resource types the EncryptionConfiguration encrypts with this provider, comma-separated (env P11KMS_AUDIT_RESOURCES; default secrets).",
+                               valueName: "type,..."))
+    var resources: String?
+
+    @Flag(help: "Only the Secrets a Fabric operator keeps node keys in (*-keystore, *-msp, *-tls, *-crypto); env P11KMS_AUDIT_FABRIC=true.")
+    var fabric = false
 
     @Option(help: ArgumentHelp("The KMS provider name in the EncryptionConfiguration (env P11KMS_PROVIDER).", valueName: "name"))
     var provider: String?
@@ -90,8 +102,18 @@ struct Audit: ParsableCommand {
         }
         let callTimeout = Duration.milliseconds(Int64(timeout * 1000))
 
-        let options = AuditOptions(provider: provider, etcdPrefix: prefix,
-                                   namespaces: namespaces.flatMap(Self.split), pageSize: pageSize, verify: verify)
+        let resourceNames = Self.split(resources ?? env["P11KMS_AUDIT_RESOURCES"] ?? "secrets")
+        let resourceTypes: [ResourceType]
+        switch Result(catching: { () throws(AuditError) in try ResourceType.list(resourceNames) }) {
+        case .success(let value): resourceTypes = value
+        case .failure(let error): fail(error.message, code: 2)
+        }
+        guard !resourceTypes.isEmpty else { fail("--resources lists no resource type", code: 2) }
+        let fabric = self.fabric || ["true", "1", "yes"].contains(env["P11KMS_AUDIT_FABRIC"]?.lowercased() ?? "")
+        if fabric, !resourceTypes.contains(.secrets) { fail("--fabric selects Secrets: --resources must include secrets", code: 2) }
+        let options = AuditOptions(provider: provider, etcdPrefix: prefix ?? env["P11KMS_ETCD_PREFIX"] ?? "/registry",
+                                   namespaces: namespaces.flatMap(Self.split), pageSize: pageSize, verify: verify,
+                                   resources: resourceTypes, fabric: fabric)
         let report: AuditReport
         switch Result(catching: { () throws(AuditError) in
             try audit(endpoints: endpoints, user: user, password: password, timeout: callTimeout, options: options)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EtcdAudit
 import Foundation
 import KeyService
 import PKCS11
@@ -152,12 +153,26 @@ struct Destroy: ParsableCommand {
     @Flag(help: "Confirm that the key is to be deleted for good.")
     var yesDestroyForever = false
 
-    @Option(help: ArgumentHelp("Output of 'p11kms audit --verify --format json': refuse if any Secret in it is still stored under the key.", valueName: "file"))
+    @Option(help: ArgumentHelp("Output of 'p11kms audit --verify --format json': refuse unless it proves nothing is stored under the key (see README, \"Auditing etcd\").", valueName: "file"))
     var auditJson: String?
+
+    @Option(help: ArgumentHelp("Oldest --audit-json accepted: seconds or 30m, 1h, 2d (env P11KMS_AUDIT_MAX_AGE; default 1h).", valueName: "age"))
+    var auditMaxAge: String?
+
+    @Option(help: ArgumentHelp("kube-apiserver's --etcd-prefix that --audit-json must have read (env P11KMS_ETCD_PREFIX; default /registry).", valueName: "prefix"))
+    var etcdPrefix: String?
 
     func run() throws {
         let id = parseKeyID(keyID)
-        if let auditJson { try checkAudit(auditJson, keyID: id.keyID) }
+        if let auditJson {
+            let settings = try token.resolver()
+            let maxAgeSetting = settings.resolve("audit-max-age", flag: auditMaxAge)
+            guard let text = maxAgeSetting.value, let maxAge = AuditProof.parseDuration(text) else {
+                fail("audit-max-age must be a positive duration such as 3600, 30m, 1h or 2d (from \(maxAgeSetting.source))", code: 2)
+            }
+            let prefix = settings.resolve("etcd-prefix", flag: etcdPrefix).value ?? "/registry"
+            checkAudit(auditJson, keyID: id.keyID, maxAge: maxAge, etcdPrefix: prefix)
+        }
         FileHandle.standardError.write(Data("""
         WARNING: destroying \(id.keyID) deletes it from the token for good. Every Secret (and every KMS v1 value)
         still wrapped under it becomes unreadable forever. Prove first that nothing uses it:
@@ -178,26 +193,20 @@ struct Destroy: ParsableCommand {
 }
 
 extension Destroy {
-    /// The audit is the proof that a key is unused: every Secret it lists under the key blocks the destroy.
-    func checkAudit(_ path: String, keyID: String) throws {
-        guard let data = FileManager.default.contents(atPath: path),
-              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let secrets = object["secrets"] as? [[String: Any]] else {
-            fail("\(path) is not the JSON output of 'p11kms audit --format json'", code: 2)
+    /// The audit is the proof that a key is unused (AuditProof's rules); any hole in it refuses the destroy.
+    func checkAudit(_ path: String, keyID: String, maxAge: Double, etcdPrefix: String) {
+        guard let data = FileManager.default.contents(atPath: path) else { fail("cannot read --audit-json \(path)", code: 2) }
+        let proof: AuditProof
+        switch Result(catching: { () throws(AuditProofError) in try AuditProof.parse(data) }) {
+        case .success(let value): proof = value
+        case .failure(let error): fail("\(path) is \(error.message)", code: 2)
         }
-        let using = secrets.filter { ($0["key_id"] as? String) == keyID }
-        if !using.isEmpty {
-            let names = using.prefix(10).map { "\($0["namespace"] as? String ?? "")/\($0["name"] as? String ?? "")" }
-            fail("not destroyed: the audit in \(path) lists \(using.count) Secret(s) still stored under \(keyID), e.g. \(names.joined(separator: ", ")); re-encrypt them first", code: 1)
+        let refusals = proof.refusals(keyID: keyID, now: Date(), maxAge: maxAge, etcdPrefix: etcdPrefix)
+        if !refusals.isEmpty {
+            fail("not destroyed: the audit in \(path) does not prove \(keyID) unused:\n  - " + refusals.joined(separator: "\n  - "), code: 1)
         }
-        if let verify = object["verify"] as? [String: Any], let failures = verify["failed"] as? [Any], !failures.isEmpty {
-            fail("not destroyed: the audit in \(path) reports \(failures.count) data key(s) that could not be unwrapped; resolve them first", code: 1)
-        }
-        if let attributes = try? FileManager.default.attributesOfItem(atPath: path), let modified = attributes[.modificationDate] as? Date,
-           Date().timeIntervalSince(modified) > 24 * 3600 {
-            FileHandle.standardError.write(Data("warning: \(path) is more than a day old; run the audit again for a current proof\n".utf8))
-        }
-        FileHandle.standardError.write(Data("the audit in \(path) shows no Secret under \(keyID) (\(secrets.count) Secrets audited)\n".utf8))
+        let scope = proof.scope!
+        FileHandle.standardError.write(Data("the audit in \(path) (\(scope.time), etcd revision \(scope.revision), \(scope.resources.joined(separator: ", ")) under \(scope.etcd_prefix)) shows nothing under \(keyID) (\(proof.total) values audited)\n".utf8))
     }
 }
 

@@ -48,6 +48,9 @@ enum SettingKeys {
         ("health-stale-after", "P11KMS_HEALTH_STALE_AFTER", nil),
         ("max-queued-calls", "P11KMS_MAX_QUEUED_CALLS", "1024"),
         ("allow-abstract-socket", "P11KMS_ALLOW_ABSTRACT_SOCKET", "false"),
+        // destroy --audit-json: the oldest audit accepted, and the apiserver's --etcd-prefix it must have read.
+        ("audit-max-age", "P11KMS_AUDIT_MAX_AGE", "1h"),
+        ("etcd-prefix", "P11KMS_ETCD_PREFIX", "/registry"),
     ]
 
     static func env(for key: String) -> String {

@@ -66,7 +66,9 @@ import TestSupport
         #expect(report.count(.kmsV1) == 2)
         #expect(report.count(.localKey) == 3)
         #expect(report.count(.undecodable) == 2)
-        #expect(report.count(.plaintext) == 4)
+        // The three protobuf ones hold a PEM private key in tls.key; the JSON one does not.
+        #expect(report.count(.plaintextPrivateKey) == 3)
+        #expect(report.count(.plaintext) == 1)
         #expect(report.plugin.keyID == newKey)
         #expect(report.exitStatus == 1)
 
@@ -79,8 +81,10 @@ import TestSupport
         #expect(moved.state == .unknownKey && moved.keyID == Self.foreignKeyID && moved.provider == "hsm")
         #expect(report.secret("other", "v2-0000")?.provider == "vault")
         #expect(report.secret("other", "v2-0000")?.keyID == newKey)
-        #expect(report.secret("other", "v1") == AuditedSecret(namespace: "other", name: "v1", state: .otherProvider, provider: "vault"))
-        #expect(report.secret("old-v1", "s0") == AuditedSecret(namespace: "old-v1", name: "s0", state: .kmsV1, provider: "hsm"))
+        // KMS v1 values name their root key through the p11kms envelope inside, whatever the provider name.
+        #expect(report.secret("other", "v1") == AuditedSecret(namespace: "other", name: "v1", state: .otherProvider, provider: "vault", keyID: newKey))
+        #expect(report.secret("old-v1", "s0") == AuditedSecret(namespace: "old-v1", name: "s0", state: .kmsV1, provider: "hsm", keyID: newKey))
+        #expect(report.secret("default", "plain0")?.detail == "tls.key: PEM private key")
         #expect(report.secret("local", "gcm") == AuditedSecret(namespace: "local", name: "gcm", state: .localKey, provider: "aesgcm", keyID: "key1"))
         #expect(report.secret("local", "cbc")?.provider == "aescbc")
         #expect(report.secret("local", "box")?.provider == "secretbox")
@@ -108,7 +112,8 @@ import TestSupport
         for state in SecretState.allCases { #expect(json.summary.by_state[state.rawValue] == report.count(state)) }
         #expect(json.secrets.count == report.total)
         let plain = try #require(json.secrets.first { $0.name == "plain0" })
-        #expect(plain.state == "plaintext" && plain.provider == "" && plain.key_id == "" && plain.namespace == "default")
+        #expect(plain.state == "plaintext-private-key" && plain.provider == "" && plain.key_id == "" && plain.namespace == "default")
+        #expect(json.secrets.first { $0.name == "json" }?.state == "plaintext")
         let verify = try #require(json.verify)
         #expect(verify.checked == 1 + 1 + 1 + 2 + 1)  // damaged, old, legacy, two current seeds, foreign
         #expect(Set(verify.failed.map(\.key_id)) == [oldKey, Self.foreignKeyID])

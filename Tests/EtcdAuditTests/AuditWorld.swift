@@ -129,6 +129,7 @@ struct AuditJSON: Decodable {
     struct Summary: Decodable {
         let total: Int
         let by_state: [String: Int]
+        let by_resource: [String: Int]?
     }
     struct Secret: Decodable {
         let namespace: String
@@ -136,6 +137,8 @@ struct AuditJSON: Decodable {
         let state: String
         let provider: String
         let key_id: String
+        let resource: String?
+        let detail: String?
     }
     struct Verify: Decodable {
         struct Failure: Decodable {

@@ -197,10 +197,16 @@ import TestSupport
         #expect(error?.message.contains("--cacert /nonexistent/ca.crt") == true)
     }
 
+    /// Over TLS (server certificate only): credentials are never sent over http.
     @Test func passwordAuthentication() throws {
-        let etcd = try EtcdFixture()
+        let etcd = try EtcdFixture(tls: true, clientCertAuth: false)
+        let ca = try #require(etcd.certificates).pem(etcd.certificates!.caFile)
         try etcd.enableAuth(rootPassword: "s3cret")
-        var configuration = EtcdClientConfiguration(endpoints: [etcd.endpoint], user: "root", password: "s3cret")
+        let overHTTP = #expect(throws: AuditError.self) {
+            try EtcdClient(configuration: EtcdClientConfiguration(endpoints: ["http://127.0.0.1:2379"], user: "root", password: "s3cret"))
+        }
+        #expect(overHTTP?.code == .configuration && overHTTP?.message.contains("would travel unencrypted") == true)
+        var configuration = EtcdClientConfiguration(endpoints: [etcd.endpoint], caCertificatePEM: ca, user: "root", password: "s3cret")
         let client = try EtcdClient(configuration: configuration)
         try client.put(key: Array("/registry/secrets/a/b".utf8), value: [1])
         #expect(try keys(client, prefix: "/registry/secrets/", pageSize: 10).keys == ["/registry/secrets/a/b"])
@@ -211,7 +217,7 @@ import TestSupport
         #expect(wrong?.message.contains("authentication") == true, "\(wrong?.message ?? "")")
 
         let anonymous = #expect(throws: AuditError.self) {
-            try EtcdClient(configuration: EtcdClientConfiguration(endpoints: [etcd.endpoint])).range(Self.anyKey)
+            try EtcdClient(configuration: EtcdClientConfiguration(endpoints: [etcd.endpoint], caCertificatePEM: ca)).range(Self.anyKey)
         }
         #expect(anonymous?.code == .etcdFailed)
     }

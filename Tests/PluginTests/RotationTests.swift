@@ -130,13 +130,16 @@ struct RotationTests {
                 "{\"namespace\": \"fabric\", \"name\": \"peer\(i)-msp\", \"state\": \"\(key == key2 ? "current" : "unknown-key")\", \"provider\": \"p11kms\", \"key_id\": \"\(key)\"}"
             }
             let failures = (0..<failed).map { _ in "{\"key_id\": \"\(key1)\", \"error\": \"retired\", \"secrets\": []}" }
-            try "{\"summary\": {\"total\": \(keyIDs.count), \"by_state\": {}}, \"secrets\": [\(secrets.joined(separator: ","))], \"verify\": {\"checked\": 1, \"failed\": [\(failures.joined(separator: ","))]}}"
+            // The scope `p11kms audit --format json` records: complete, of the default prefix, made just now.
+            let formatter = ISO8601DateFormatter()
+            let scope = "{\"provider\": \"p11kms\", \"etcd_prefix\": \"/registry/\", \"resources\": [\"secrets\"], \"namespaces\": [], \"name_filter\": \"\", \"prefixes\": [\"/registry/secrets/\"], \"revision\": 7, \"time\": \"\(formatter.string(from: Date()))\", \"complete\": true}"
+            try "{\"summary\": {\"total\": \(keyIDs.count), \"by_state\": {}}, \"scope\": \(scope), \"secrets\": [\(secrets.joined(separator: ","))], \"verify\": {\"checked\": 1, \"failed\": [\(failures.joined(separator: ","))]}}"
                 .write(toFile: audit, atomically: true, encoding: .utf8)
         }
         try writeAudit([key2, key1, key2])
         let refused = try plugin.run(["destroy", key1, "--yes-destroy-forever", "--audit-json", audit] + plugin.tokenArguments)
         #expect(refused.status == 1)
-        #expect(refused.stderr.contains("1 Secret(s) still stored under \(key1)") && refused.stderr.contains("fabric/peer1-msp"))
+        #expect(refused.stderr.contains("1 value(s) still stored under \(key1)") && refused.stderr.contains("fabric/peer1-msp"))
         try writeAudit([key2, key2], failed: 1)
         #expect(try plugin.run(["destroy", key1, "--yes-destroy-forever", "--audit-json", audit] + plugin.tokenArguments).status == 1)
         #expect(try plugin.keys().keys.contains { $0.key_id == key1 })
