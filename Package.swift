@@ -35,13 +35,14 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "p11kms", dependencies: [
-            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit",
+            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit", "ConfigFile",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
-            .product(name: "Yams", package: "Yams"),
         ]),
+        // The settings table and the config-file parser (pure: bytes in, settings out; fuzzed by Fuzz/).
+        .target(name: "ConfigFile", dependencies: [.product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "P11KMSBench", dependencies: [
             "GRPCTransport", "KMSProto", "KeyService", "PKCS11", "CPKCS11", "KMSServer",
             .product(name: "Logging", package: "swift-log"),

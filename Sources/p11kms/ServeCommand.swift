@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConfigFile
 import Foundation
 import GRPCTransport
 import KMSServer
@@ -68,7 +69,7 @@ struct Serve: ParsableCommand {
             "status-version": statusVersion, "disable-v1": disableV1 ? "true" : nil, "worker-threads": workerThreads,
             "completion-queue-threads": completionQueueThreads, "http-listen": httpListen, "log-format": logFormat,
             "log-level": logLevel, "shutdown-grace": shutdownGrace, "probe-interval": probeInterval,
-            "canary-interval": canaryInterval,
+            "canary-interval": canaryInterval, "state-dir": token.stateDir,
         ]
     }
 
@@ -88,11 +89,7 @@ struct Serve: ParsableCommand {
 
         let tokenLabel = settings.resolve("token-label", flag: token.tokenLabel).value ?? ""
         var configuration = PluginConfiguration(listen: try SocketAddress(listen: settings.resolve("listen", flag: listen).value ?? ""))
-        let mode = settings.resolve("socket-mode", flag: socketMode)
-        guard let parsedMode = mode.value.flatMap({ mode_t($0, radix: 8) }), parsedMode <= 0o777 else {
-            throw ValidationError("socket-mode must be octal, e.g. 0660 (from \(mode.source))")
-        }
-        configuration.socketMode = parsedMode
+        configuration.socketMode = mode_t(try settings.octalMode("socket-mode", flag: socketMode))
         configuration.socketGroup = settings.resolve("socket-group", flag: socketGroup).value
         let version = settings.resolve("status-version", flag: statusVersion)
         guard let parsedVersion = version.value.flatMap(KMSv2Service.StatusVersion.init(rawValue:)) else {
@@ -144,8 +141,7 @@ struct Serve: ParsableCommand {
         print("# p11kms serve: effective settings (flag > environment > file > default); the PIN is never shown")
         for entry in SettingKeys.table {
             let setting = settings.resolve(entry.key, flag: flags[entry.key] ?? nil)
-            let value = setting.value.map { $0.contains(":") || $0.contains("#") ? "\"\($0)\"" : $0 } ?? "~"
-            print("\(entry.key): \(value)  # \(setting.source)")
+            print("\(entry.key): \(settings.printable(setting))  # \(setting.source)")
         }
         if settings.environment["P11KMS_PIN"].map({ !$0.isEmpty }) == true {
             print("# pin: <redacted>  # environment P11KMS_PIN (used only when no pin-file is set)")

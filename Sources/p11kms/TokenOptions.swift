@@ -21,6 +21,9 @@ struct TokenOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Most PKCS#11 sessions open at once (env P11KMS_MAX_SESSIONS; default 8).", valueName: "n"))
     var maxSessions: String?
 
+    @Option(help: ArgumentHelp("Directory for p11kms's own state, e.g. the record of a rejected PIN (env P11KMS_STATE_DIR; default /var/lib/p11kms/state).", valueName: "dir"))
+    var stateDir: String?
+
     func resolver() throws -> SettingsResolver {
         try SettingsResolver(configPath: config)
     }
