@@ -23,6 +23,8 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CGRPC", path: "Sources/CGRPC"),
         .systemLibrary(name: "CPKCS11", path: "Sources/CPKCS11"),
+        // libcrypto: PBKDF2 for the record of a rejected PIN (p11kms/PINRejectionRecord.swift).
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .target(name: "PKCS11", dependencies: ["CPKCS11"]),
         .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
         .target(name: "KMSServer", dependencies: [
@@ -35,7 +37,7 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "p11kms", dependencies: [
-            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit", "ConfigFile",
+            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit", "ConfigFile", "COpenSSL",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
