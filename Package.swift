@@ -69,7 +69,8 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .testTarget(name: "PluginTests", dependencies: [
-            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto",
+            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto", "KMSServer",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .testTarget(name: "KeyServiceTests", dependencies: ["KeyService", "PKCS11", "CPKCS11", "TestSupport"]),
