@@ -62,10 +62,13 @@ public final class EnvelopeService: Sendable {
 
     /// A real AES-GCM round trip under the current key: true when the token is usable.
     public func canary() throws(KMSError) {
-        let probe = SecureRandom.bytes(32)
+        // The probe is a data key in all but name: both copies this function owns are zeroed when it returns.
+        var probe = SecureRandom.bytes(32)
+        defer { Zeroize.bytes(&probe) }
         let (ciphertext, _) = try encrypt(probe)
         // Decrypted without `decrypt`'s failure analysis, which itself runs the canary.
-        let opened = try open(try Envelope(parsing: ciphertext))
+        var opened = try open(try Envelope(parsing: ciphertext))
+        defer { Zeroize.bytes(&opened) }
         guard opened == probe else { throw KMSError(.internal, "canary round trip returned different bytes") }
     }
 

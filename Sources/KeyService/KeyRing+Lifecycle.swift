@@ -85,11 +85,13 @@ extension KeyRing {
 
     /// A real AES-GCM round trip under `handle`.
     static func verify(_ handle: CK_OBJECT_HANDLE, session: Session) throws(PKCS11Error) -> Bool {
-        let probe = SecureRandom.bytes(32)
+        var probe = SecureRandom.bytes(32)
+        defer { Zeroize.bytes(&probe) }
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let aad = Array("p11kms self-test".utf8)
         let sealed = try session.encryptAESGCM(key: handle, iv: iv, aad: aad, plaintext: probe)
-        let opened = try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: sealed)
+        var opened = try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: sealed)
+        defer { Zeroize.bytes(&opened) }
         return opened == probe
     }
 }

@@ -50,13 +50,17 @@ struct TokenOptions: ParsableArguments {
             stateDirectory: stateDirectory, pinSource: pinFile.map { "the PIN file \($0)" } ?? "P11KMS_PIN")
     }
 
-    /// The PIN from the file (trailing newline removed) or from P11KMS_PIN. Never logged or echoed.
+    /// The PIN from the file (trailing newline removed) or from P11KMS_PIN. Never logged or echoed. P11KMS_PIN is
+    /// removed from the environment (and its text overwritten, see `PINEnvironment.scrub`) once read, whichever
+    /// source is used.
     static func readPIN(file: String?, environment: [String: String]) throws -> [UInt8] {
+        defer { PINEnvironment.scrub() }
         if let file {
-            guard let data = FileManager.default.contents(atPath: file) else {
+            guard var data = FileManager.default.contents(atPath: file) else {
                 throw ValidationError("cannot read the PIN file \(file)")
             }
             var bytes = Array(data)
+            data.resetBytes(in: 0..<data.count)
             while let last = bytes.last, last == 0x0a || last == 0x0d { bytes.removeLast() }
             guard !bytes.isEmpty else { throw ValidationError("the PIN file \(file) is empty") }
             if let attributes = try? FileManager.default.attributesOfItem(atPath: file),
