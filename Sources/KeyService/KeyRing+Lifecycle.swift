@@ -72,6 +72,11 @@ extension KeyRing {
             }
             try refresh()
             guard let key = key(id) else { throw PKCS11Error(.object("the new root key is not visible in the token")) }
+            // Callers serialise rotations (p11kms holds a file lock); this catches one it could not see (another
+            // host on the same HSM): never report a key as made current when another one is.
+            if !stageOnly, let current, current.id != id {
+                throw PKCS11Error(.object("the new root key \(id.keyID) was made, but \(current.keyID) is current: another rotation ran at the same time; run 'p11kms keys'"))
+            }
             return key
         } catch {
             throw KMSError.token(error)

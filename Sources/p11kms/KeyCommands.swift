@@ -51,7 +51,11 @@ struct Rotate: ParsableCommand {
     var stage = false
 
     func run() throws {
-        let ring = try openKeyRing(token)
+        try RotationLock.holding(token) { settings in try rotate(try openKeyRing(token, settings: settings)) }
+    }
+
+    /// Runs with the rotation lock held: `previous` and the new key are read by this run alone.
+    private func rotate(_ ring: KeyRing) throws {
         let previous = ring.current
         if stage {
             do {
