@@ -25,6 +25,8 @@ let package = Package(
         .systemLibrary(name: "CPKCS11", path: "Sources/CPKCS11"),
         // Long-running parts as services (start, shutdown within a deadline), the one way threads are started.
         .target(name: "Lifecycle"),
+        // libcrypto: PBKDF2 for the record of a rejected PIN (p11kms/PINRejectionRecord.swift).
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .target(name: "PKCS11", dependencies: ["CPKCS11"]),
         .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
         .target(name: "KMSServer", dependencies: [
@@ -37,13 +39,14 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "p11kms", dependencies: [
-            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit",
+            "KMSServer", "KeyService", "PKCS11", "GRPCTransport", "KMSProto", "EtcdAudit", "ConfigFile", "COpenSSL",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
-            .product(name: "Yams", package: "Yams"),
         ]),
+        // The settings table and the config-file parser (pure: bytes in, settings out; fuzzed by Fuzz/).
+        .target(name: "ConfigFile", dependencies: [.product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "P11KMSBench", dependencies: [
             "GRPCTransport", "KMSProto", "KeyService", "PKCS11", "CPKCS11", "KMSServer",
             .product(name: "Logging", package: "swift-log"),
@@ -68,7 +71,8 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .testTarget(name: "PluginTests", dependencies: [
-            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto",
+            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto", "KMSServer",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         // The KMS pipeline, health and refusals in-process, on a real SoftHSM token.

@@ -81,10 +81,13 @@ public final class EnvelopeService: Sendable {
     }
 
     private func canaryRoundTrip() throws(KMSError) {
-        let probe = SecureRandom.bytes(32)
+        // The probe is a data key in all but name: both copies this function owns are zeroed when it returns.
+        var probe = SecureRandom.bytes(32)
+        defer { Zeroize.bytes(&probe) }
         let (ciphertext, _) = try encrypt(probe)
         // Decrypted without `decrypt`'s failure analysis, which itself relies on the canary.
-        let opened = try open(try Envelope(parsing: ciphertext), deadline: nil)
+        var opened = try open(try Envelope(parsing: ciphertext), deadline: nil)
+        defer { Zeroize.bytes(&opened) }
         guard opened == probe else { throw KMSError(.internal, "canary round trip returned different bytes") }
     }
 

@@ -72,6 +72,11 @@ extension KeyRing {
             }
             try refresh()
             guard let key = key(id) else { throw PKCS11Error(.object("the new root key is not visible in the token")) }
+            // Callers serialise rotations (p11kms holds a file lock); this catches one it could not see (another
+            // host on the same HSM): never report a key as made current when another one is.
+            if !stageOnly, let current, current.id != id {
+                throw PKCS11Error(.object("the new root key \(id.keyID) was made, but \(current.keyID) is current: another rotation ran at the same time; run 'p11kms keys'"))
+            }
             return key
         } catch {
             throw KMSError.token(error)
@@ -85,11 +90,13 @@ extension KeyRing {
 
     /// A real AES-GCM round trip under `handle`.
     static func verify(_ handle: CK_OBJECT_HANDLE, session: Session) throws(PKCS11Error) -> Bool {
-        let probe = SecureRandom.bytes(32)
+        var probe = SecureRandom.bytes(32)
+        defer { Zeroize.bytes(&probe) }
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let aad = Array("p11kms self-test".utf8)
         let sealed = try session.encryptAESGCM(key: handle, iv: iv, aad: aad, plaintext: probe)
-        let opened = try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: sealed)
+        var opened = try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: sealed)
+        defer { Zeroize.bytes(&opened) }
         return opened == probe
     }
 }

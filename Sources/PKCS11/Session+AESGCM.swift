@@ -12,10 +12,11 @@ extension Session {
             var rv = f.C_EncryptInit(handle, mech, key)
             guard rv == CKR_OK else { throw .call("C_EncryptInit", rv) }
             var outLength = CK_ULONG(outCapacity)
-            var input = plaintext
+            // The caller's plaintext is passed in place (PKCS#11 declares the input non-const but never writes it):
+            // a `var` copy made unique for a mutable pointer would be a second copy of the data key, left unzeroed.
             let out = [UInt8](unsafeUninitializedCapacity: outCapacity) { buffer, initialized in
-                rv = input.withUnsafeMutableBufferPointer { inBuf in
-                    f.C_Encrypt(handle, inBuf.baseAddress, CK_ULONG(inBuf.count), buffer.baseAddress, &outLength)
+                rv = plaintext.withUnsafeBufferPointer { inBuf in
+                    f.C_Encrypt(handle, UnsafeMutablePointer(mutating: inBuf.baseAddress), CK_ULONG(inBuf.count), buffer.baseAddress, &outLength)
                 }
                 initialized = rv == CKR_OK ? min(Int(outLength), outCapacity) : 0
             }
@@ -32,10 +33,9 @@ extension Session {
             var rv = f.C_DecryptInit(handle, mech, key)
             guard rv == CKR_OK else { throw .call("C_DecryptInit", rv) }
             var outLength = CK_ULONG(outCapacity)
-            var input = ciphertext
             let out = [UInt8](unsafeUninitializedCapacity: outCapacity) { buffer, initialized in
-                rv = input.withUnsafeMutableBufferPointer { inBuf in
-                    f.C_Decrypt(handle, inBuf.baseAddress, CK_ULONG(inBuf.count), buffer.baseAddress, &outLength)
+                rv = ciphertext.withUnsafeBufferPointer { inBuf in
+                    f.C_Decrypt(handle, UnsafeMutablePointer(mutating: inBuf.baseAddress), CK_ULONG(inBuf.count), buffer.baseAddress, &outLength)
                 }
                 if rv == CKR_OK {
                     initialized = min(Int(outLength), outCapacity)

@@ -49,8 +49,12 @@ public final class PluginProcess: @unchecked Sendable {
         ["--module", SoftHSMFixture.modulePath, "--token-label", tokenLabel, "--pin-file", pinFile]
     }
 
-    /// Environment for the plugin's commands: this token directory's SoftHSM config.
-    public var environment: [String: String] { hsm.environment }
+    /// Environment for the plugin's commands: this token directory's SoftHSM config, and a state directory of its
+    /// own (never the machine's /var/lib/p11kms/state).
+    public var environment: [String: String] { hsm.environment.merging(["P11KMS_STATE_DIR": stateDirectory]) { _, b in b } }
+
+    /// The plugin's `--state-dir` (created by p11kms when it first records something).
+    public var stateDirectory: String { hsm.root.appendingPathComponent("state").path }
 
     /// Runs a `p11kms` subcommand to completion.
     public func run(_ arguments: [String], environment extra: [String: String] = [:]) throws -> Command.Result {

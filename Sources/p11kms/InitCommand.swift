@@ -10,7 +10,11 @@ struct Init: ParsableCommand {
     @OptionGroup var token: TokenOptions
 
     func run() throws {
-        let ring = try openKeyRing(token)
+        // Two inits at once (or an init and a rotate) must not both create a first key.
+        try RotationLock.holding(token) { settings in try initialize(try openKeyRing(token, settings: settings)) }
+    }
+
+    private func initialize(_ ring: KeyRing) throws {
         do {
             let (key, created) = try ring.initialize()
             FileHandle.standardError.write(Data((created ? "created root key \(key.label)\n" : "the token already has a current root key (\(key.label))\n").utf8))

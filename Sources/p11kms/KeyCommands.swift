@@ -4,15 +4,23 @@ import Foundation
 import KeyService
 import PKCS11
 
-/// Opens the token named by the shared flags, failing with a clear message.
+/// Opens the token named by the shared flags, failing with a clear message. A PIN the token rejected, now or on an
+/// earlier start (the record in the state directory), ends the process with exit status 78 without a second
+/// C_Login.
 func openKeyRing(_ options: TokenOptions, settings: SettingsResolver? = nil) throws -> KeyRing {
-    let configuration = try options.resolved(settings)
+    let resolved = try options.resolvedToken(settings)
+    let configuration = resolved.configuration
+    let record = PINRejectionRecord(stateDirectory: resolved.stateDirectory, modulePath: configuration.modulePath,
+                                    tokenLabel: configuration.tokenLabel, pinSource: resolved.pinSource)
+    record.refuseRecordedPIN(configuration.pin)
     let token = Token(configuration: configuration)
     do {
         try token.connect()
     } catch {
+        if case .pinRejected = error.kind { record.recordAndExit(configuration.pin, error: error) }
         fail("cannot open the token (\(configuration.modulePath), label \(configuration.tokenLabel)): \(error)")
     }
+    record.clear()
     let ring = KeyRing(token: token)
     do {
         try ring.refresh()
@@ -44,7 +52,11 @@ struct Rotate: ParsableCommand {
     var stage = false
 
     func run() throws {
-        let ring = try openKeyRing(token)
+        try RotationLock.holding(token) { settings in try rotate(try openKeyRing(token, settings: settings)) }
+    }
+
+    /// Runs with the rotation lock held: `previous` and the new key are read by this run alone.
+    private func rotate(_ ring: KeyRing) throws {
         let previous = ring.current
         if stage {
             do {

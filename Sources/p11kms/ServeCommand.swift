@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConfigFile
 import Foundation
 import GRPCTransport
 import KMSServer
@@ -79,7 +80,7 @@ struct Serve: ParsableCommand {
             "completion-queue-threads": completionQueueThreads, "http-listen": httpListen, "log-format": logFormat,
             "log-level": logLevel, "shutdown-grace": shutdownGrace, "probe-interval": probeInterval,
             "canary-interval": canaryInterval, "health-stale-after": healthStaleAfter, "max-queued-calls": maxQueuedCalls,
-            "allow-abstract-socket": allowAbstractSocket ? "true" : nil,
+            "allow-abstract-socket": allowAbstractSocket ? "true" : nil, "state-dir": token.stateDir,
         ]
     }
 
@@ -100,9 +101,7 @@ struct Serve: ParsableCommand {
         let tokenLabel = settings.resolve("token-label", flag: token.tokenLabel).value ?? ""
         var configuration = PluginConfiguration(listen: try SocketAddress(listen: settings.resolve("listen", flag: listen).value ?? ""))
         let mode = settings.resolve("socket-mode", flag: socketMode)
-        guard let parsedMode = mode.value.flatMap({ mode_t($0, radix: 8) }), parsedMode <= 0o777 else {
-            throw ValidationError("socket-mode must be octal, e.g. 0660 (from \(mode.source))")
-        }
+        let parsedMode = mode_t(try settings.octalMode("socket-mode", flag: socketMode))
         if case .defaultValue = mode.source {} else { configuration.socketMode = parsedMode }
         configuration.allowAbstractSocket = try settings.bool("allow-abstract-socket", flag: allowAbstractSocket)
         configuration.socketGroup = settings.resolve("socket-group", flag: socketGroup).value
@@ -167,8 +166,7 @@ struct Serve: ParsableCommand {
         print("# p11kms serve: effective settings (flag > environment > file > default); the PIN is never shown")
         for entry in SettingKeys.table {
             let setting = settings.resolve(entry.key, flag: flags[entry.key] ?? nil)
-            let value = setting.value.map { $0.contains(":") || $0.contains("#") ? "\"\($0)\"" : $0 } ?? "~"
-            print("\(entry.key): \(value)  # \(setting.source)")
+            print("\(entry.key): \(settings.printable(setting))  # \(setting.source)")
         }
         if settings.environment["P11KMS_PIN"].map({ !$0.isEmpty }) == true {
             print("# pin: <redacted>  # environment P11KMS_PIN (used only when no pin-file is set)")
