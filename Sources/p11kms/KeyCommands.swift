@@ -5,12 +5,14 @@ import PKCS11
 
 /// Opens the token named by the shared flags, failing with a clear message.
 func openKeyRing(_ options: TokenOptions, settings: SettingsResolver? = nil) throws -> KeyRing {
+    let settings = try settings ?? options.resolver()
     let configuration = try options.resolved(settings)
     let token = Token(configuration: configuration)
     do {
         try token.connect()
     } catch {
-        fail("cannot open the token (\(configuration.modulePath), label \(configuration.tokenLabel)): \(error)")
+        fail("cannot open the token (\(configuration.modulePath), label \(configuration.tokenLabel)): \(error)"
+             + options.openingHint(error, modulePath: configuration.modulePath, settings: settings))
     }
     let ring = KeyRing(token: token)
     do {

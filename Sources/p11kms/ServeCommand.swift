@@ -64,6 +64,7 @@ struct Serve: ParsableCommand {
     private var flags: [String: String?] {
         [
             "listen": listen, "module": token.module, "token-label": token.tokenLabel, "pin-file": token.pinFile,
+            "softhsm-conf": token.softhsmConf,
             "max-sessions": token.maxSessions, "socket-mode": socketMode, "socket-group": socketGroup,
             "status-version": statusVersion, "disable-v1": disableV1 ? "true" : nil, "worker-threads": workerThreads,
             "completion-queue-threads": completionQueueThreads, "http-listen": httpListen, "log-format": logFormat,
@@ -134,8 +135,10 @@ struct Serve: ParsableCommand {
         } catch {
             fail(error.description)
         }
+        SystemdNotifier.notifyReadyWhenHealthy(health)
         logger.info("root key", metadata: ["current_key_id": "\(current.keyID)", "token": "\(tokenLabel)"])
         let signal = Signals.waitForTermination()
+        SystemdNotifier.notify("STOPPING=1")
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace_seconds": "\(configuration.shutdownGrace.components.seconds)"])
         server.shutdown()
     }

@@ -32,6 +32,7 @@ enum SettingKeys {
         ("module", "P11KMS_MODULE", "/usr/lib/softhsm/libsofthsm2.so"),
         ("token-label", "P11KMS_TOKEN_LABEL", nil),
         ("pin-file", "P11KMS_PIN_FILE", nil),
+        ("softhsm-conf", "P11KMS_SOFTHSM_CONF", nil),
         ("max-sessions", "P11KMS_MAX_SESSIONS", "8"),
         ("socket-mode", "P11KMS_SOCKET_MODE", "0600"),
         ("socket-group", "P11KMS_SOCKET_GROUP", nil),
