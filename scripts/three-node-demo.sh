@@ -104,7 +104,11 @@ step_join() { # N
   env $(node_env "$1") P11KMS_CREATE_TOKEN="$create" "$here/deploy/bootstrap/init-token.sh" >/dev/null \
     || { echo "node$1: the init container failed; the plugin is not started" >&2; return 1; }
   local flags; mapfile -t flags < <(manifest_serve_flags "$1")
-  nohup "$bin" serve "${flags[@]}" </dev/null >>"$r/serve.log" 2>&1 &
+  # In the background, with no descriptor of this script's caller (an open pipe would keep the caller waiting).
+  (
+    for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true; done
+    exec "$bin" serve "${flags[@]}" </dev/null >>"$r/serve.log" 2>&1
+  ) &
   echo $! > "$r/serve.pid"
   wait_status "$1" any
   say "node$1: serving on unix://$r/run/kms/p11kms.sock, key $(status_key "$1")"

@@ -53,7 +53,12 @@ struct TokenOptions: ParsableArguments {
     static func readPIN(file: String?, environment: [String: String]) throws -> [UInt8] {
         if let file {
             guard let data = FileManager.default.contents(atPath: file) else {
-                throw ValidationError("cannot read the PIN file \(file)")
+                let missing = !FileManager.default.fileExists(atPath: file)
+                throw ValidationError("cannot read the PIN file \(file)" + (missing
+                    ? ": it does not exist. If this node joins control-plane nodes that already have the token, copy the "
+                        + "PIN file and the token directory from the node that holds it (deploy/kubeadm/README.md, "
+                        + "\"Several control-plane nodes\")"
+                    : ""))
             }
             var bytes = Array(data)
             while let last = bytes.last, last == 0x0a || last == 0x0d { bytes.removeLast() }
