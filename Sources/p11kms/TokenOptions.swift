@@ -56,8 +56,8 @@ struct TokenOptions: ParsableArguments {
                 let missing = !FileManager.default.fileExists(atPath: file)
                 throw ValidationError("cannot read the PIN file \(file)" + (missing
                     ? ": it does not exist. If this node joins control-plane nodes that already have the token, copy the "
-                        + "PIN file and the token directory from the node that holds it (deploy/kubeadm/README.md, "
-                        + "\"Several control-plane nodes\")"
+                        + "PIN file and the token directory from the node that holds it "
+                        + "(deploy/kubeadm/README.md, \"Several control-plane nodes\")"
                     : ""))
             }
             var bytes = Array(data)
