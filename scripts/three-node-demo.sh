@@ -22,9 +22,11 @@
 #   stage               node1: `p11kms rotate --stage`; prints the staged key_id
 #   copy-tokens:N       copy node1's token directory to nodeN again (its plugin keeps running)
 #   promote:N           nodeN: `p11kms rotate`; waits until nodeN's plugin reports the promoted key in Status
+#   retire:N=KEY_ID     nodeN: `p11kms retire KEY_ID` (each node's token copy is retired on that node)
 #   stop                SIGTERM to every plugin, wait for them
 #   all                 first-node, copy:2, copy:3, join:1..3, verify, stage, copy-tokens:2..3, promote:1..3,
-#                       verify, then join:4 without a copy (must fail with the copy instruction), stop
+#                       verify, retire:1..3 of the old key, verify, then join:4 without a copy (must fail with the
+#                       copy instruction), stop
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -142,6 +144,11 @@ step_promote() { # N
   wait_status "$1" "$key"
 }
 
+step_retire() { # N KEY_ID
+  say "node$1: p11kms retire $2"
+  "$bin" retire "$2" --config "$(root "$1")/etc/p11kms/config.yaml"
+}
+
 step_stop() {
   local n pid
   for n in $(started_nodes); do
@@ -166,6 +173,8 @@ step_all() {
   step_promote 1 >/dev/null; step_promote 2 >/dev/null; step_promote 3 >/dev/null
   for n in 1 2 3; do [ "$(status_key "$n")" = "$staged" ] || { echo "node$n is not on $staged" >&2; return 1; }; done
   step_verify
+  for n in 1 2 3; do step_retire "$n" "$old"; done
+  step_verify
   if step_join 4 2>"$dir/node4.err"; then echo "node4 started without the copy" >&2; return 1; fi
   grep -q "copy .*pin" "$dir/node4.err" || { echo "node4 failed without the copy instruction" >&2; cat "$dir/node4.err" >&2; return 1; }
   say "node4 (no copy) refused: $(grep -o 'so no token.*' "$dir/node4.err" | head -c 200)..."
@@ -183,6 +192,7 @@ for step in "$@"; do
     stage) step_stage ;;
     copy-tokens:*) step_copy_tokens "${step#copy-tokens:}" ;;
     promote:*) step_promote "${step#promote:}" ;;
+    retire:*=*) spec=${step#retire:}; step_retire "${spec%%=*}" "${spec#*=}" ;;
     stop) step_stop ;;
     all) step_all ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;

@@ -1,4 +1,5 @@
 import Foundation
+import GRPCTransport
 import KMSProto
 import Testing
 import TestSupport
@@ -129,6 +130,17 @@ struct ThreeNodeDemoTests {
         for n in 1...3 { #expect(try demo.currentKey(n) == staged, "node\(n)") }
         _ = try Self.crossCheck(demo, nodes: [1, 2, 3]) { _ in staged }
         try Self.expectEveryNodeUnwraps(before + mixed, demo: demo, nodes: [1, 2, 3])
+
+        // Retire the old key on every node (each token copy is its own): it refuses everywhere at once, identically.
+        let retire = try demo.run("retire:1=\(first)", "retire:2=\(first)", "retire:3=\(first)", "verify")
+        #expect(retire.status == 0, "\(retire.stderr)")
+        #expect(retire.stdout.components(separatedBy: "\(first) retired").count == 4, "\(retire.stdout)")
+        for n in 1...3 {
+            #expect(throws: GRPCStatus.self, "node\(n) still unwraps under the retired key") {
+                _ = try demo.client(n).decrypt(before[0].response.ciphertext, keyID: first, annotations: before[0].response.annotations)
+            }
+        }
+        try Self.expectEveryNodeUnwraps(mixed.filter { $0.response.keyID == staged }, demo: demo, nodes: [1, 2, 3])
 
         let stop = try demo.run("stop")
         #expect(stop.status == 0, "\(stop.stderr)")
