@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages p11kms builds, runs and tests with (only those missing).
 set -euo pipefail
-packages=(libgrpc-dev libp11-kit-dev softhsm2 opensc p11-kit etcd-server etcd-client protobuf-compiler openssl libssl-dev prometheus)
+packages=(libgrpc-dev libp11-kit-dev softhsm2 opensc p11-kit etcd-server etcd-client protobuf-compiler openssl libssl-dev prometheus rsync)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,6 +27,8 @@ public enum SettingKeys {
                    example: "/usr/lib/softhsm/libsofthsm2.so", kind: .text),
         SettingKey(key: "token-label", env: "P11KMS_TOKEN_LABEL", defaultValue: nil, example: "kms", kind: .text),
         SettingKey(key: "pin-file", env: "P11KMS_PIN_FILE", defaultValue: nil, example: "/etc/p11kms/pin", kind: .text),
+        SettingKey(key: "softhsm-conf", env: "P11KMS_SOFTHSM_CONF", defaultValue: nil, example: "/etc/p11kms/softhsm2.conf",
+                   kind: .text),
         SettingKey(key: "max-sessions", env: "P11KMS_MAX_SESSIONS", defaultValue: "8", example: "8", kind: .integer),
         SettingKey(key: "socket-mode", env: "P11KMS_SOCKET_MODE", defaultValue: "0600", example: "0660", kind: .octalMode),
         SettingKey(key: "socket-group", env: "P11KMS_SOCKET_GROUP", defaultValue: nil, example: "kube-apiserver", kind: .text),

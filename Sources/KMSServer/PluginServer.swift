@@ -150,6 +150,8 @@ public final class PluginServer: Sendable {
         } catch {
             throw ServeError(error.description)
         }
+        // systemd (Type=notify): READY=1 once the socket is bound and a probe has passed.
+        SystemdNotifier.notifyReadyWhenHealthy(health)
         let mode = configuration.listen.isAbstract ? "none (abstract)" : String(configuration.socketMode ?? 0o600, radix: 8)
         logger.info("serving", metadata: [
             "http": "\(configuration.httpListen.map { "\($0.host):\(httpPort ?? $0.port)" } ?? "off")",
@@ -167,6 +169,7 @@ public final class PluginServer: Sendable {
     /// token) was still running then: the caller should exit the process without waiting for it. Idempotent.
     @discardableResult
     public func shutdown() -> Bool {
+        _ = SystemdNotifier.notify("STOPPING=1")
         let deadline = ContinuousClock.now.advanced(by: configuration.shutdownGrace + .milliseconds(500))
         let leftBehind = group.shutdown(deadline: deadline)
         if leftBehind.isEmpty {

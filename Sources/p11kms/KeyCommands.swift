@@ -8,6 +8,7 @@ import PKCS11
 /// earlier start (the record in the state directory), ends the process with exit status 78 without a second
 /// C_Login.
 func openKeyRing(_ options: TokenOptions, settings: SettingsResolver? = nil) throws -> KeyRing {
+    let settings = try settings ?? options.resolver()
     let resolved = try options.resolvedToken(settings)
     let configuration = resolved.configuration
     let record = PINRejectionRecord(stateDirectory: resolved.stateDirectory, modulePath: configuration.modulePath,
@@ -18,7 +19,8 @@ func openKeyRing(_ options: TokenOptions, settings: SettingsResolver? = nil) thr
         try token.connect()
     } catch {
         if case .pinRejected = error.kind { record.recordAndExit(configuration.pin, error: error) }
-        fail("cannot open the token (\(configuration.modulePath), label \(configuration.tokenLabel)): \(error)")
+        fail("cannot open the token (\(configuration.modulePath), label \(configuration.tokenLabel)): \(error)"
+             + options.openingHint(error, modulePath: configuration.modulePath, settings: settings))
     }
     record.clear()
     let ring = KeyRing(token: token)

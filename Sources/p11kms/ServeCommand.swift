@@ -75,6 +75,7 @@ struct Serve: ParsableCommand {
     private var flags: [String: String?] {
         [
             "listen": listen, "module": token.module, "token-label": token.tokenLabel, "pin-file": token.pinFile,
+            "softhsm-conf": token.softhsmConf,
             "max-sessions": token.maxSessions, "socket-mode": socketMode, "socket-group": socketGroup,
             "status-version": statusVersion, "disable-v1": disableV1 ? "true" : nil, "worker-threads": workerThreads,
             "completion-queue-threads": completionQueueThreads, "http-listen": httpListen, "log-format": logFormat,

@@ -109,6 +109,10 @@ struct BootstrapScriptTests {
         let refused = try root.run(["P11KMS_CREATE_TOKEN": "no"])
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("P11KMS_CREATE_TOKEN=no"), "\(refused.stderr)")
+        // It names what to copy, from where, and where that is documented.
+        #expect(refused.stderr.contains("copy \(root.pinFile), \(root.soPINFile) and the token directory \(root.tokens) from the control-plane node that holds the token"),
+                "\(refused.stderr)")
+        #expect(refused.stderr.contains("deploy/kubeadm/README.md, \"Several control-plane nodes\""), "\(refused.stderr)")
         #expect(!FileManager.default.fileExists(atPath: root.pinFile))
         #expect(!FileManager.default.fileExists(atPath: root.soPINFile))
         #expect(try FileManager.default.contentsOfDirectory(atPath: root.tokens).isEmpty)

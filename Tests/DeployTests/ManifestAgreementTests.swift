@@ -62,7 +62,8 @@ struct ManifestAgreementTests {
         #expect(plugin.flag("module") == Canonical.softHSMModule)
         #expect(plugin.flag("token-label") == Canonical.tokenLabel)
         #expect(plugin.flag("pin-file") == Canonical.pinFile)
-        #expect(plugin.environment["SOFTHSM2_CONF"] == Canonical.softHSMConf)
+        #expect(plugin.flag("softhsm-conf") == Canonical.softHSMConf)
+        #expect(plugin.environment["SOFTHSM2_CONF"] == Canonical.softHSMConf, "for admin commands run in the container")
         #expect(pod.hostPath(of: Canonical.pinFile, in: plugin) == Canonical.pinFile)
         #expect(plugin.mount(covering: Canonical.pinFile)?.readOnly == true, "the plugin only reads /etc/p11kms")
         #expect(pod.hostPath(of: Canonical.softHSMConf, in: plugin) == Canonical.softHSMConf)
@@ -99,7 +100,10 @@ struct ManifestAgreementTests {
         #expect(initContainer.command == [installed])
         #expect(dockerfile.contains("NOT BUILT BY CI"))
         #expect(initContainer.environment["P11KMS_TOKEN_LABEL"] ?? Canonical.tokenLabel == pod.plugin.flag("token-label"))
-        #expect(["yes", "no"].contains(initContainer.environment["P11KMS_CREATE_TOKEN"]), "the manifest says whether this node creates the token")
+        // Never a token (and a root key) of its own: the first node's token is created by hand and copied.
+        #expect(initContainer.environment["P11KMS_CREATE_TOKEN"] == "no")
+        #expect(initContainer.environment["SOFTHSM2_CONF"] == nil && initContainer.environment["P11KMS_MODULE"] == nil,
+                "the script's own SoftHSM defaults are the pod's paths")
         for path in [Canonical.pinFile, Canonical.softHSMConf, Canonical.tokenDirectory] {
             #expect(pod.hostPath(of: path, in: initContainer) == path, "\(path) in the init container")
             #expect(initContainer.mount(covering: path)?.readOnly == false, "the init container writes \(path)")
@@ -154,13 +158,13 @@ struct ManifestAgreementTests {
         let pod = try StaticPod.load()
         let file = try asMap(Repository.yaml("deploy/config.yaml"), "deploy/config.yaml")
         #expect(file["listen"] as? String == config.endpoint)
-        for key in ["module", "token-label", "pin-file", "http-listen", "log-format"] {
+        for key in ["module", "token-label", "pin-file", "softhsm-conf", "http-listen", "log-format"] {
             #expect(file[key] as? String == pod.plugin.flag(key), "\(key)")
         }
         #expect(file["pin-file"] as? String == Canonical.pinFile)
         #expect(file["socket-mode"] as? String == "0600", "an octal mode must be quoted, or YAML reads a number")
         // Only serve's long flag names; the PIN itself has no key.
-        let known: Set<String> = ["listen", "module", "token-label", "pin-file", "socket-mode", "socket-group", "status-version",
+        let known: Set<String> = ["listen", "module", "token-label", "pin-file", "softhsm-conf", "socket-mode", "socket-group", "status-version",
                                   "http-listen", "log-format", "log-level", "max-sessions", "worker-threads", "shutdown-grace"]
         #expect(Set(file.keys).subtracting(known).isEmpty, "unknown keys: \(Set(file.keys).subtracting(known))")
     }

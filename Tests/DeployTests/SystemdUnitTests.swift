@@ -23,10 +23,18 @@ struct SystemdUnitTests {
             #expect(file["listen"] as? String == (try EncryptionConfig.load()).endpoint)
             #expect(file["pin-file"] as? String == Canonical.pinFile)
         }
-        // SoftHSM's config comes from the environment file, the same one the static pod and the bootstrap use.
+        // SoftHSM's config is set by the unit itself (the optional environment file may be missing) and by the config
+        // file, to the file the static pod and the bootstrap use.
+        #expect(unit.values("Service", "Environment").contains("P11KMS_SOFTHSM_CONF=\(Canonical.softHSMConf)"))
+        #expect(try asMap(Repository.yaml("deploy/config.yaml"))["softhsm-conf"] as? String == Canonical.softHSMConf)
         #expect(unit.values("Service", "EnvironmentFile").contains("-/etc/p11kms/p11kms.env"))
         let environment = try Repository.text("deploy/systemd/p11kms.env").split(separator: "\n").filter { !$0.hasPrefix("#") }
-        #expect(environment.contains("SOFTHSM2_CONF=\(Canonical.softHSMConf)"))
+        for line in environment where line.hasPrefix("SOFTHSM2_CONF=") || line.hasPrefix("P11KMS_SOFTHSM_CONF=") {
+            #expect(line.hasSuffix("=\(Canonical.softHSMConf)"), "\(line)")
+        }
+        // Started means serving: p11kms itself sends READY=1 (SystemdNotifier), so the unit waits for it.
+        #expect(unit.value("Service", "Type") == "notify")
+        #expect(unit.value("Service", "NotifyAccess") == "main")
         #expect(unit.value("Service", "Restart") == "always")
         #expect(unit.value("Install", "WantedBy") == "multi-user.target")
         #expect(unit.value("Unit", "Before")?.contains("kube-apiserver.service") == true)
@@ -45,7 +53,10 @@ struct SystemdUnitTests {
             #expect(unit.value("Service", key) == value, "\(key)")
         }
         let writable = unit.values("Service", "ReadWritePaths").flatMap { $0.split(separator: " ").map(String.init) }
-        #expect(Set(writable) == [Canonical.tokenDirectory, Canonical.socketDirectory])
+        // "-": a path that does not exist yet (the token directory before the bootstrap) must not fail the start
+        // with 226/NAMESPACE.
+        #expect(writable.allSatisfy { $0.hasPrefix("-") }, "\(writable)")
+        #expect(Set(writable.map { $0.hasPrefix("-") ? String($0.dropFirst()) : $0 }) == [Canonical.tokenDirectory, Canonical.socketDirectory])
         // systemd creates the socket folder (/run/kms is /var/run/kms) and the state folder above the tokens.
         #expect("/var/run/" + (unit.value("Service", "RuntimeDirectory") ?? "") == Canonical.socketDirectory)
         #expect(Canonical.tokenDirectory.hasPrefix("/var/lib/" + (unit.value("Service", "StateDirectory") ?? "?") + "/"))

@@ -19,13 +19,16 @@
 #   P11KMS_BIN          /usr/local/bin/p11kms
 #   P11KMS_TOKEN_LABEL  p11kms
 #   P11KMS_MODULE       /usr/lib/softhsm/libsofthsm2.so
-#   P11KMS_CREATE_TOKEN yes                          "no": fail instead of creating a missing token. Use it on every
-#                                                    control-plane node but the first: they must hold a copy of the
-#                                                    first node's token (the same root keys), never a token of their own.
+#   P11KMS_CREATE_TOKEN yes                          "no": fail instead of creating a missing token. The static pod
+#                                                    sets "no": every control-plane node runs with a copy of the
+#                                                    first node's token (the same root keys), never a token of its
+#                                                    own; the token is created once, on the first node, by running
+#                                                    this script with "yes" (deploy/kubeadm/README.md).
 #   PKCS11_TOOL         pkcs11-tool                  (Debian package opensc)
 #
-# Only for SoftHSM: a vendor HSM's partition and PIN are set up with the vendor's tools (deploy/hsm/README.md);
-# then run `p11kms init --module ... --token-label ... --pin-file ...` alone.
+# Tokens are created only in SoftHSM (a module whose file name is libsofthsm2.so). With any other module (a vendor
+# HSM: its partition, crypto user and PIN are set up with the vendor's tools, deploy/hsm/README.md) the script
+# writes nothing: it checks that the token and $P11KMS_ETC/pin exist and runs `p11kms init` against that token.
 set -euo pipefail
 
 etc=${P11KMS_ETC:-/etc/p11kms}
@@ -45,13 +48,40 @@ say() { echo "init-token: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 umask 077
-# This script's own SoftHSM config always wins over one inherited from the caller.
-export SOFTHSM2_CONF=$conf
 unset P11KMS_PIN
 
 [ -x "$bin" ] || die "no p11kms binary at $bin (set P11KMS_BIN)"
 [ -r "$module" ] || die "no PKCS#11 module at $module (install softhsm2, or set P11KMS_MODULE)"
 command -v "$tool" >/dev/null || die "pkcs11-tool not found (install opensc, or set PKCS11_TOOL)"
+
+# The token, found by its label (slot numbers change).
+has_token() {
+  "$tool" --module "$module" --list-token-slots 2>/dev/null | awk -v want="$label" '
+    /^[[:space:]]*token label[[:space:]]*:/ {
+      value = substr($0, index($0, ":") + 1); sub(/^[[:space:]]+/, "", value); sub(/[[:space:]]+$/, "", value)
+      if (value == want) found = 1
+    }
+    END { exit found ? 0 : 1 }'
+}
+
+# Any module but SoftHSM: never initialise a slot (a vendor's free slot or partition is not ours to format), never
+# write a PIN or a SoftHSM config; only the first root key, in a token that exists.
+case "$(basename "$module")" in
+  libsofthsm2.so*) ;;
+  *)
+    say "$module is not SoftHSM: creating no token, writing no PIN (deploy/hsm/README.md)"
+    has_token || die "no token labelled '$label' in $module: create the partition and its crypto user with the vendor's tools first (deploy/hsm/README.md); this script creates tokens only in SoftHSM"
+    [ -s "$pin_file" ] || die "the token '$label' exists but the PIN file $pin_file is missing: write the crypto user's PIN there (mode 0400)"
+    key_id=$("$bin" init --module "$module" --token-label "$label" --pin-file "$pin_file") || die "p11kms init failed"
+    say "current root key: $key_id"
+    echo "$key_id"
+    exit 0
+    ;;
+esac
+
+# This script's own SoftHSM config always wins over one inherited from the caller.
+export SOFTHSM2_CONF=$conf
+unset P11KMS_SOFTHSM_CONF
 
 mkdir -p "$etc" "$tokens"
 chmod 0700 "$etc" "$tokens"
@@ -69,15 +99,7 @@ if [ ! -f "$conf" ]; then
   say "wrote $conf"
 fi
 
-# 2. The token, found by its label (slot numbers change).
-has_token() {
-  "$tool" --module "$module" --list-token-slots 2>/dev/null | awk -v want="$label" '
-    /^[[:space:]]*token label[[:space:]]*:/ {
-      value = substr($0, index($0, ":") + 1); sub(/^[[:space:]]+/, "", value); sub(/[[:space:]]+$/, "", value)
-      if (value == want) found = 1
-    }
-    END { exit found ? 0 : 1 }'
-}
+# 2. The token: has_token above.
 
 # 3. PINs: 32 random characters each, written through a temporary file so a crash never leaves half a PIN. A PIN
 #    file is only ever created together with its token: a token whose PIN file is gone needs the backup, not a new
@@ -95,7 +117,7 @@ if has_token; then
   chmod 0400 "$pin_file"
   say "token '$label' exists"
 else
-  [ "$create" = yes ] || die "the token '$label' is not in $tokens and P11KMS_CREATE_TOKEN=$create: copy $etc and $tokens from the node that holds the token"
+  [ "$create" = yes ] || die "the token '$label' is not in $tokens and P11KMS_CREATE_TOKEN=$create, so no token (and no root key) of this node's own is created: copy $pin_file, $so_pin_file and the token directory $tokens from the control-plane node that holds the token (deploy/kubeadm/README.md, \"Several control-plane nodes\"); on the first node only, create it once with P11KMS_CREATE_TOKEN=yes"
   [ -s "$pin_file" ] || write_pin "$pin_file"
   [ -s "$so_pin_file" ] || write_pin "$so_pin_file"
   chmod 0400 "$pin_file" "$so_pin_file"
@@ -118,6 +140,6 @@ else
 fi
 
 # 4. The first root key (p11kms init changes nothing when the token already has a current key).
-key_id=$("$bin" init --module "$module" --token-label "$label" --pin-file "$pin_file") || die "p11kms init failed"
+key_id=$("$bin" init --module "$module" --token-label "$label" --pin-file "$pin_file" --softhsm-conf "$conf") || die "p11kms init failed"
 say "current root key: $key_id"
 echo "$key_id"
