@@ -26,7 +26,8 @@ struct PINLockoutTests {
         #expect(first.status == 78)
         #expect(first.stderr.contains("rejected the PIN"), "\(first.stderr)")
         #expect(logins() == 1)
-        let records = try FileManager.default.contentsOfDirectory(atPath: plugin.stateDirectory)
+        // The state directory also holds the rotation lock file that `init` took; the record is the other file.
+        let records = try FileManager.default.contentsOfDirectory(atPath: plugin.stateDirectory).filter { !$0.hasSuffix(".lock") }
         #expect(records.count == 1)
         let record = try #require(records.first.map { plugin.stateDirectory + "/" + $0 })
         var st = stat()

@@ -97,8 +97,8 @@ struct WorstDayTests {
         let successAfter = metricValue(after, "p11kms_operations_total{method=\"Encrypt\",outcome=\"success\"}") ?? 0
         #expect(successAfter - successBefore <= 2, "\(successAfter - successBefore) expired Encrypts ran after the hang")
         #expect((metricValue(after, "p11kms_requests_expired_total{method=\"Encrypt\"}") ?? 0) >= 6)
-        #expect(plugin.log.contains("token unhealthy") && plugin.log.contains("not answering"))
-        #expect(plugin.log.contains("token healthy again"))
+        #expect(waitUntil(5) { plugin.log.contains("token unhealthy") && plugin.log.contains("not answering") }, "\(plugin.log)")
+        #expect(waitUntil(5) { plugin.log.contains("token healthy again") })
     }
 
     @Test("SIGTERM with a hung token: the process exits within grace + 1 s and removes its socket")
