@@ -200,13 +200,15 @@ public final class HealthMonitor: Service {
         for callback in callbacks { callback(current, keyChanged) }
     }
 
-    /// Stops the probe threads; waits for them until `deadline`. A probe stuck in the token is left behind.
+    /// Stops the probe threads; waits for them until `deadline`, and at most one second: a probe serves no caller,
+    /// so one stuck in the token is left behind rather than waited for.
     public func shutdown(deadline: ContinuousClock.Instant) -> Bool {
         wake.withLock { state.withLock { $0.stopping = true } }
         wake.signalAll()
         let running = threads.withLock { $0 }
+        let until = min(deadline, .now + .seconds(1))
         var clean = true
-        for thread in running where !thread.join(until: deadline) { clean = false }
+        for thread in running where !thread.join(until: until) { clean = false }
         return clean
     }
 
