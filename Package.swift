@@ -71,7 +71,7 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .testTarget(name: "PluginTests", dependencies: [
-            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto", "KMSServer",
+            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto", "KMSServer", "ConfigFile", "KeyService", "EtcdAudit",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
