@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "p11kms", targets: ["p11kms"]),
         // A fault-injecting PKCS#11 module for the recovery tests (libFaultPKCS11.so next to the test bundle).
         .library(name: "FaultPKCS11", type: .dynamic, targets: ["CFaultPKCS11"]),
+        // The parsers of outside bytes, for the libFuzzer targets in Fuzz/ (a separate package: not built here).
+        .library(name: "P11KMSParsers", targets: ["KeyService", "EtcdAudit", "KMSProto", "ConfigFile"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
@@ -71,7 +73,7 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .testTarget(name: "PluginTests", dependencies: [
-            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto", "KMSServer",
+            "TestSupport", "GRPCTransport", "KMSProto", "EtcdProto", "KMSServer", "ConfigFile", "KeyService", "EtcdAudit",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
