@@ -46,7 +46,9 @@ public struct KMSv1Service: Sendable {
             KMSv1Method.encrypt: pipeline.unary("Encrypt", V1beta1_EncryptRequest.self, usesToken: true, logExtra: extra) {
                 (request, deadline) throws(KMSError) in
                 try Self.checkVersion(request.version)
-                let (ciphertext, key) = try service.encrypt(Array(request.plain), maxCiphertext: KMSv1Service.maxCiphertext,
+                var plaintext = Array(request.plain)
+                defer { Zeroize.bytes(&plaintext) }
+                let (ciphertext, key) = try service.encrypt(plaintext, maxCiphertext: KMSv1Service.maxCiphertext,
                                                             deadline: deadline)
                 var response = V1beta1_EncryptResponse()
                 response.cipher = Data(ciphertext)
@@ -55,7 +57,8 @@ public struct KMSv1Service: Sendable {
             KMSv1Method.decrypt: pipeline.unary("Decrypt", V1beta1_DecryptRequest.self, usesToken: true, logExtra: extra) {
                 (request, deadline) throws(KMSError) in
                 try Self.checkVersion(request.version)
-                let (plaintext, key) = try service.decrypt(Array(request.cipher), expectedKeyID: nil, deadline: deadline)
+                var (plaintext, key) = try service.decrypt(Array(request.cipher), expectedKeyID: nil, deadline: deadline)
+                defer { Zeroize.bytes(&plaintext) }
                 var response = V1beta1_DecryptResponse()
                 response.plain = Data(plaintext)
                 return .init(response: response, keyID: key.keyID)

@@ -39,9 +39,12 @@ public struct KMSv2Service: Sendable {
                 return .init(response: response, keyID: nil)
             },
             KMSv2Method.encrypt: pipeline.unary(
-                "Encrypt", V2_EncryptRequest.self, usesToken: true, context: { ["uid": "\(loggable($0.uid))"] }
+                "Encrypt", V2_EncryptRequest.self, usesToken: true, context: { ["uid": "\(LogSafe.requestString($0.uid))"] }
             ) { (request, deadline) throws(KMSError) in
-                let (ciphertext, key) = try service.encrypt(Array(request.plaintext), deadline: deadline)
+                // The data key: this copy is ours to zero (see Zeroize for what it cannot reach).
+                var plaintext = Array(request.plaintext)
+                defer { Zeroize.bytes(&plaintext) }
+                let (ciphertext, key) = try service.encrypt(plaintext, deadline: deadline)
                 var response = V2_EncryptResponse()
                 response.ciphertext = Data(ciphertext)
                 response.keyID = key.keyID
@@ -49,7 +52,7 @@ public struct KMSv2Service: Sendable {
             },
             KMSv2Method.decrypt: pipeline.unary(
                 "Decrypt", V2_DecryptRequest.self, usesToken: true,
-                context: { ["uid": "\(loggable($0.uid))", "key_id": "\(loggable($0.keyID))"] }
+                context: { ["uid": "\(LogSafe.requestString($0.uid))", "key_id": "\(LogSafe.requestString($0.keyID))"] }
             ) { (request, deadline) throws(KMSError) in
                 let annotations = request.annotations
                 if let problem = KMSv2Limits.annotationProblem(annotations) { throw KMSError.invalid(problem) }
@@ -57,8 +60,9 @@ public struct KMSv2Service: Sendable {
                 if let key = annotations.keys.sorted().first {
                     throw KMSError.invalid("unexpected annotation \"\(key.prefix(64))\": p11kms ciphertexts carry none")
                 }
-                let (plaintext, key) = try service.decrypt(Array(request.ciphertext), expectedKeyID: request.keyID,
+                var (plaintext, key) = try service.decrypt(Array(request.ciphertext), expectedKeyID: request.keyID,
                                                            deadline: deadline)
+                defer { Zeroize.bytes(&plaintext) }
                 var response = V2_DecryptResponse()
                 response.plaintext = Data(plaintext)
                 return .init(response: response, keyID: key.keyID)

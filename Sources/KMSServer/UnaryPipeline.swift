@@ -72,8 +72,3 @@ struct UnaryPipeline: Sendable {
 func serialize(_ message: some SwiftProtobuf.Message) -> [UInt8] {
     (try? message.serializedBytes()) ?? []
 }
-
-/// A client-supplied string as it may appear in a log line: at most 128 characters.
-func loggable(_ value: String) -> String {
-    value.count <= 128 ? value : String(value.prefix(128)) + "…(truncated)"
-}
