@@ -118,6 +118,9 @@ public final class HealthMonitor: Service {
             result = Health(healthy: false, reason: HealthMonitor.shortReason(error),
                             currentKeyID: service.keyRing.current?.keyID, lastSuccess: previous.lastSuccess)
         }
+        // Report the silence this probe ends before its answer replaces it: a stall shorter than the watchdog's
+        // sampling period is still logged as 'not answering'.
+        notifyChange(keyChanged: false)
         let callbacks = state.withLock { s in
             s.health = result
             s.lastAnswer = .now
@@ -183,7 +186,7 @@ public final class HealthMonitor: Service {
     /// Tells the change callbacks about transitions, including those the probe thread cannot see (a stuck probe).
     private func runWatchdog() {
         while !state.withLock({ $0.stopping }) {
-            _ = wake.wait(until: .now.advanced(by: .milliseconds(500))) { state.withLock { $0.stopping } }
+            _ = wake.wait(until: .now.advanced(by: .milliseconds(250))) { state.withLock { $0.stopping } }
             notifyChange(keyChanged: false)
         }
     }

@@ -166,7 +166,8 @@ struct WorstDayTests {
         #expect(done.wait(timeout: .now() + 60) == .success)
         #expect(statusSlow == 0)
         #expect(tally.count(.resourceExhausted) > 0, "codes: \(tally.all)")
-        #expect(tally.count(.ok) >= 6, "queued calls still complete: \(tally.all)")
+        // At least the queue's four complete (more when a worker takes a call before the burst fills the queue).
+        #expect(tally.count(.ok) >= 4, "queued calls still complete: \(tally.all)")
         #expect(tally.count(.ok) + tally.count(.resourceExhausted) == 40, "codes: \(tally.all)")
         #expect((metricValue(metrics, "p11kms_request_queue_depth") ?? 99) <= 4)
         #expect(metricValue(metrics, "p11kms_request_queue_capacity") == 4)
