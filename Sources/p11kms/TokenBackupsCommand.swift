@@ -24,7 +24,7 @@ extension TokenBackups {
             guard let directory = softHSMTokenDirectory(modulePath: names.module) else { return }
             let backups = TokenBackups(stateDirectory: names.stateDirectory, tokenDirectory: directory)
             let made = try backups.make(tokenLabel: names.label, modulePath: names.module, keys: ring.keys, reason: reason, keep: keep)
-            FileHandle.standardError.write(Data("backed up the token directory \(directory) to \(made.path) (\(made.files) files, \(made.bytes) bytes)\n".utf8))
+            FileHandle.standardError.write(Data("backed up the token directory \(directory) to \(made.path) (\(made.files) files, \(made.bytes) bytes, \(Int((made.seconds * 1000).rounded())) ms)\n".utf8))
         } catch {
             FileHandle.standardError.write(Data("p11kms: warning: the token directory was not backed up: \(error)\n".utf8))
         }

@@ -26,8 +26,9 @@ struct PINLockoutTests {
         #expect(first.status == 78)
         #expect(first.stderr.contains("rejected the PIN"), "\(first.stderr)")
         #expect(logins() == 1)
-        // The state directory also holds the rotation lock file that `init` took; the record is the other file.
-        let records = try FileManager.default.contentsOfDirectory(atPath: plugin.stateDirectory).filter { !$0.hasSuffix(".lock") }
+        // The state directory also holds the rotation lock file that `init` took and the token backup it made; the
+        // record is the pin-rejected file.
+        let records = try FileManager.default.contentsOfDirectory(atPath: plugin.stateDirectory).filter { $0.hasPrefix("pin-rejected-") }
         #expect(records.count == 1)
         let record = try #require(records.first.map { plugin.stateDirectory + "/" + $0 })
         var st = stat()
@@ -76,7 +77,7 @@ struct PINLockoutTests {
         #expect(try plugin.run(serve).status == 78)
         let refused = try plugin.run(serve)
         #expect(refused.status == 78)
-        let record = try #require(try FileManager.default.contentsOfDirectory(atPath: plugin.stateDirectory).first)
+        let record = try #require(try FileManager.default.contentsOfDirectory(atPath: plugin.stateDirectory).first { $0.hasPrefix("pin-rejected-") })
         #expect(refused.stderr.contains(record))
         try FileManager.default.removeItem(atPath: plugin.stateDirectory + "/" + record)
         let retried = try plugin.run(serve)
