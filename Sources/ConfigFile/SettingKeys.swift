@@ -51,6 +51,11 @@ public enum SettingKeys {
                    example: "true", kind: .boolean),
         SettingKey(key: "state-dir", env: "P11KMS_STATE_DIR", defaultValue: "/var/lib/p11kms/state",
                    example: "/var/lib/p11kms/state", kind: .text),
+        // SoftHSM token-directory backups kept in <state-dir>/token-backups (0: none).
+        SettingKey(key: "token-backups", env: "P11KMS_TOKEN_BACKUPS", defaultValue: "10", example: "10", kind: .integer),
+        // serve and init: start although the token lacks keys the plugin has used (a token restored from an old copy).
+        SettingKey(key: "accept-key-rollback", env: "P11KMS_ACCEPT_KEY_ROLLBACK", defaultValue: "false", example: "true",
+                   kind: .boolean),
         // destroy --audit-json: the oldest audit accepted, and the apiserver's --etcd-prefix it must have read.
         SettingKey(key: "audit-max-age", env: "P11KMS_AUDIT_MAX_AGE", defaultValue: "1h", example: "1h", kind: .text),
         SettingKey(key: "etcd-prefix", env: "P11KMS_ETCD_PREFIX", defaultValue: "/registry", example: "/registry",

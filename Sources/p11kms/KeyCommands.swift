@@ -50,6 +50,8 @@ struct Rotate: ParsableCommand {
 
     @OptionGroup var token: TokenOptions
 
+    @OptionGroup var backup: BackupOptions
+
     @Flag(help: "Generate and verify the new key but leave it pending (not current): for copying the token to other nodes first. A later plain 'rotate' makes it current.")
     var stage = false
 
@@ -63,6 +65,7 @@ struct Rotate: ParsableCommand {
         if stage {
             do {
                 let key = try ring.rotate(stageOnly: true)
+                TokenBackups.afterKeyChange("rotate --stage", ring: ring, token: token, backup: backup)
                 FileHandle.standardError.write(Data("staged \(key.keyID) (\(key.state.rawValue)); current is still \(previous?.keyID ?? "none"). Copy the token to every node, then run 'p11kms rotate' on each.\n".utf8))
                 print(key.keyID)
             } catch {
@@ -72,6 +75,7 @@ struct Rotate: ParsableCommand {
         }
         do {
             let key = try ring.rotate()
+            TokenBackups.afterKeyChange("rotate", ring: ring, token: token, backup: backup)
             FileHandle.standardError.write(Data("rotated: \(previous?.keyID ?? "none") -> \(key.keyID) (\(key.label))\n".utf8))
             print(key.keyID)
         } catch {
@@ -120,6 +124,8 @@ struct Retire: ParsableCommand {
 
     @OptionGroup var token: TokenOptions
 
+    @OptionGroup var backup: BackupOptions
+
     @Argument(help: "The key_id to retire.")
     var keyID: String
 
@@ -128,6 +134,7 @@ struct Retire: ParsableCommand {
         let ring = try openKeyRing(token)
         do {
             let key = try ring.retire(id)
+            TokenBackups.afterKeyChange("retire", ring: ring, token: token, backup: backup)
             FileHandle.standardError.write(Data("\(key.keyID) is \(key.state.rawValue); Secrets wrapped under it cannot be read until it is restored\n".utf8))
         } catch {
             fail("retire failed: \(error)")
@@ -140,6 +147,8 @@ struct Restore: ParsableCommand {
 
     @OptionGroup var token: TokenOptions
 
+    @OptionGroup var backup: BackupOptions
+
     @Argument(help: "The key_id to restore.")
     var keyID: String
 
@@ -148,6 +157,7 @@ struct Restore: ParsableCommand {
         let ring = try openKeyRing(token)
         do {
             let key = try ring.restore(id)
+            TokenBackups.afterKeyChange("restore", ring: ring, token: token, backup: backup)
             FileHandle.standardError.write(Data("\(key.keyID) is \(key.state.rawValue)\n".utf8))
         } catch {
             fail("restore failed: \(error)")
@@ -160,6 +170,8 @@ struct Destroy: ParsableCommand {
         abstract: "Delete a retired root key for good. Every Secret still wrapped under it becomes unreadable.")
 
     @OptionGroup var token: TokenOptions
+
+    @OptionGroup var backup: BackupOptions
 
     @Argument(help: "The key_id to destroy (must be retired).")
     var keyID: String
@@ -196,13 +208,24 @@ struct Destroy: ParsableCommand {
         guard yesDestroyForever else {
             fail("not destroyed: add --yes-destroy-forever to confirm", code: 2)
         }
-        let ring = try openKeyRing(token)
+        let settings = try token.resolver()
+        let ring = try openKeyRing(token, settings: settings)
+        // Recorded before the key goes, so that no plugin ever takes its absence for a rollback.
+        let history = try KeyStateKeeping.history(token, settings)
+        let wasRecorded = (try? history.load())??.destroyed[id.keyID] != nil
+        do {
+            try history.recordDestroyed(id.keyID)
+        } catch {
+            fail("not destroyed: the key history cannot record it: \(error)")
+        }
         do {
             try ring.destroy(id)
             FileHandle.standardError.write(Data("destroyed \(id.keyID)\n".utf8))
         } catch {
+            if !wasRecorded, ring.key(id) != nil { _ = try? history.update { $0.destroyed[id.keyID] = nil } }
             fail("destroy failed: \(error)")
         }
+        TokenBackups.afterKeyChange("destroy", ring: ring, token: token, backup: backup)
     }
 }
 

@@ -13,6 +13,6 @@ struct P11KMS: ParsableCommand {
         from the command line.
         """,
         version: version,
-        subcommands: [Init.self, Serve.self, Status.self, Rotate.self, Keys.self, Retire.self, Restore.self, Destroy.self, Audit.self]
+        subcommands: [Init.self, Serve.self, Status.self, Rotate.self, Keys.self, Retire.self, Restore.self, Destroy.self, Audit.self, TokenBackupsCommand.self]
     )
 }

@@ -68,6 +68,11 @@ struct Serve: ParsableCommand {
     @Flag(help: "Allow an abstract socket (unix:///@name), which has no file and no permissions: any local process in the network namespace can connect (env P11KMS_ALLOW_ABSTRACT_SOCKET).")
     var allowAbstractSocket = false
 
+    @OptionGroup var backup: BackupOptions
+
+    @Flag(help: "Serve although the token lacks root keys this plugin has served (a token restored from an older copy); the missing keys are recorded as lost (env P11KMS_ACCEPT_KEY_ROLLBACK).")
+    var acceptKeyRollback = false
+
     @Flag(help: "Print the effective settings (the PIN redacted) and exit.")
     var printConfig = false
 
@@ -82,6 +87,7 @@ struct Serve: ParsableCommand {
             "log-level": logLevel, "shutdown-grace": shutdownGrace, "probe-interval": probeInterval,
             "canary-interval": canaryInterval, "health-stale-after": healthStaleAfter, "max-queued-calls": maxQueuedCalls,
             "allow-abstract-socket": allowAbstractSocket ? "true" : nil, "state-dir": token.stateDir,
+            "token-backups": backup.tokenBackups, "accept-key-rollback": acceptKeyRollback ? "true" : nil,
         ]
     }
 
@@ -126,6 +132,9 @@ struct Serve: ParsableCommand {
         do { try configuration.validate() } catch { fail(error.description) }
 
         let ring = try openKeyRing(token, settings: settings)
+        let history = try KeyStateKeeping.atServeStart(
+            ring: ring, token: token, settings: settings, backup: backup,
+            acceptRollback: try settings.bool("accept-key-rollback", flag: acceptKeyRollback), logger: logger)
         guard let current = ring.current else {
             fail("the token has no current root key; run 'p11kms init' first")
         }
@@ -147,6 +156,8 @@ struct Serve: ParsableCommand {
                 logger.error("token unhealthy", metadata: ["reason": "\(health.reason)"])
             }
         }
+        try KeyStateKeeping.watch(server.health, ring: ring, history: history, token: token, settings: settings,
+                                  backup: backup, logger: logger)
         do {
             try server.start()
         } catch {

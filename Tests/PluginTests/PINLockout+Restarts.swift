@@ -26,7 +26,8 @@ struct PINLockoutTests {
         #expect(first.status == 78)
         #expect(first.stderr.contains("rejected the PIN"), "\(first.stderr)")
         #expect(logins() == 1)
-        // The state directory also holds init's rotation lock; the record is the pin-rejected-… file.
+        // The state directory also holds the rotation lock file that `init` took and the token backup it made; the
+        // record is the pin-rejected file.
         let records = try FileManager.default.contentsOfDirectory(atPath: plugin.stateDirectory).filter { $0.hasPrefix("pin-rejected-") }
         #expect(records.count == 1)
         let record = try #require(records.first.map { plugin.stateDirectory + "/" + $0 })
