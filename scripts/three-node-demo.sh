@@ -49,6 +49,8 @@ install_config() { # N
   install -d -m 0700 "$r/etc/p11kms"
   sed -e "s#/etc/p11kms/#$r/etc/p11kms/#g" -e "s#unix:///var/run/kms/#unix://$r/run/kms/#" \
       -e "s#^http-listen: .*#http-listen: \"off\"#" "$here/deploy/config.yaml" > "$r/etc/p11kms/config.yaml"
+  # Each node has its own state directory (key history, token backups), as on separate machines.
+  echo "state-dir: $r/var/lib/p11kms/state" >> "$r/etc/p11kms/config.yaml"
   chmod 0600 "$r/etc/p11kms/config.yaml"
 }
 
@@ -109,7 +111,7 @@ step_join() { # N
   # In the background, with no descriptor of this script's caller (an open pipe would keep the caller waiting).
   (
     for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true; done
-    exec "$bin" serve "${flags[@]}" </dev/null >>"$r/serve.log" 2>&1
+    P11KMS_STATE_DIR="$r/var/lib/p11kms/state" exec "$bin" serve "${flags[@]}" </dev/null >>"$r/serve.log" 2>&1
   ) &
   echo $! > "$r/serve.pid"
   wait_status "$1" any

@@ -22,7 +22,7 @@ extension PluginProcess {
     /// directory and token directory in place of the two paths its first line sets.
     func runREADMERestoreProcedure() throws -> Command.Result {
         let readme = try String(contentsOf: RepositoryRoot.url.appendingPathComponent("README.md"), encoding: .utf8)
-        let section = try #require(readme.range(of: "**Restoring the token from a backup**"))
+        let section = try #require(readme.range(of: "#### Restoring the token from a backup\n"))
         let block = try #require(readme[section.upperBound...].range(of: "```sh\n"))
         let end = try #require(readme[block.upperBound...].range(of: "```"))
         var lines = readme[block.upperBound..<end.lowerBound].split(separator: "\n").map(String.init)

@@ -41,6 +41,8 @@ tool=${PKCS11_TOOL:-pkcs11-tool}
 
 conf=$etc/softhsm2.conf
 tokens=$state/softhsm/tokens
+# p11kms's own state (the key history init checks, token backups): the plugin's state-dir under the same hostPath.
+export P11KMS_STATE_DIR=${P11KMS_STATE_DIR:-$state/state}
 pin_file=$etc/pin
 so_pin_file=$etc/so-pin
 
