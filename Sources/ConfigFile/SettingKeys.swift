@@ -56,6 +56,9 @@ public enum SettingKeys {
         // serve and init: start although the token lacks keys the plugin has used (a token restored from an old copy).
         SettingKey(key: "accept-key-rollback", env: "P11KMS_ACCEPT_KEY_ROLLBACK", defaultValue: "false", example: "true",
                    kind: .boolean),
+        // Encryptions per root key before Encrypt refuses it (AES-GCM with random IVs: at most 2^32).
+        SettingKey(key: "encryption-budget", env: "P11KMS_ENCRYPTION_BUDGET", defaultValue: "4294967296",
+                   example: "4294967296", kind: .integer),
         // destroy --audit-json: the oldest audit accepted, and the apiserver's --etcd-prefix it must have read.
         SettingKey(key: "audit-max-age", env: "P11KMS_AUDIT_MAX_AGE", defaultValue: "1h", example: "1h", kind: .text),
         SettingKey(key: "etcd-prefix", env: "P11KMS_ETCD_PREFIX", defaultValue: "/registry", example: "/registry",

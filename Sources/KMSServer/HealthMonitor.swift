@@ -108,7 +108,9 @@ public final class HealthMonitor: Service {
                 try service.canary()
                 state.withLock { $0.lastCanary = now }
             }
-            if let current = service.keyRing.current {
+            if let current = service.keyRing.current, let warning = service.budget?.warning(for: current.id) {
+                result = Health(healthy: false, reason: warning, currentKeyID: current.keyID, lastSuccess: .now)
+            } else if let current = service.keyRing.current {
                 result = Health(healthy: true, reason: "ok", currentKeyID: current.keyID, lastSuccess: .now)
             } else {
                 result = Health(healthy: false, reason: "no current root key in the token", currentKeyID: nil,

@@ -17,8 +17,12 @@ public final class EnvelopeService: Sendable {
     /// Re-reads of the key list triggered by a request (an unknown key_id, a key the token refuses).
     private let refreshGate = FailureGate()
 
-    public init(keyRing: KeyRing) {
+    /// Counts every Encrypt per key in the token (nil: not counted).
+    public let budget: EncryptionBudget?
+
+    public init(keyRing: KeyRing, budget: EncryptionBudget? = nil) {
         self.keyRing = keyRing
+        self.budget = budget
     }
 
     /// Encrypts under the current root key with a fresh random IV; the key identity is bound as AAD.
@@ -33,6 +37,7 @@ public final class EnvelopeService: Sendable {
         guard let key = keyRing.current else {
             throw KMSError(.unavailable, "the token holds no current root key (run 'p11kms init')")
         }
+        try budget?.consume(key.id)
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let header = Envelope.header(for: key.id)
         let sealed = try withKey(key.id, deadline: deadline) { (session, handle) throws(PKCS11Error) in

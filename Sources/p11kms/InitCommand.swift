@@ -25,7 +25,10 @@ struct Init: ParsableCommand {
         do {
             let (key, created) = try ring.initialize()
             FileHandle.standardError.write(Data((created ? "created root key \(key.label)\n" : "the token already has a current root key (\(key.label))\n").utf8))
-            if created { TokenBackups.afterKeyChange("init", ring: ring, token: token, backup: backup) }
+            if created {
+                countSelfTest(ring, key)
+                TokenBackups.afterKeyChange("init", ring: ring, token: token, backup: backup)
+            }
             print(key.keyID)
         } catch {
             fail("init failed: \(error)")

@@ -65,6 +65,7 @@ struct Rotate: ParsableCommand {
         if stage {
             do {
                 let key = try ring.rotate(stageOnly: true)
+                countSelfTest(ring, key)
                 TokenBackups.afterKeyChange("rotate --stage", ring: ring, token: token, backup: backup)
                 FileHandle.standardError.write(Data("staged \(key.keyID) (\(key.state.rawValue)); current is still \(previous?.keyID ?? "none"). Copy the token to every node, then run 'p11kms rotate' on each.\n".utf8))
                 print(key.keyID)
@@ -75,6 +76,7 @@ struct Rotate: ParsableCommand {
         }
         do {
             let key = try ring.rotate()
+            if key.id != previous?.id { countSelfTest(ring, key) }
             TokenBackups.afterKeyChange("rotate", ring: ring, token: token, backup: backup)
             FileHandle.standardError.write(Data("rotated: \(previous?.keyID ?? "none") -> \(key.keyID) (\(key.label))\n".utf8))
             print(key.keyID)
@@ -96,14 +98,21 @@ struct Keys: ParsableCommand {
     @Option(help: ArgumentHelp("HTTP address of a running 'p11kms serve', whose /metrics adds each key's last Encrypt and Decrypt; 'off' to skip (env P11KMS_HTTP_LISTEN, config http-listen; default 127.0.0.1:8787).", valueName: "address"))
     var http: String?
 
+    @Option(help: ArgumentHelp("Encryption budget per key shown in the JSON (env P11KMS_ENCRYPTION_BUDGET; default 2^32).", valueName: "n"))
+    var encryptionBudget: String?
+
     func run() throws {
-        let ring = try openKeyRing(token)
+        let settings = try token.resolver()
+        let ring = try openKeyRing(token, settings: settings)
         let keys = ring.keys
-        let usage = KeyUsage.fetch(flag: http, settings: try token.resolver())
+        let usage = KeyUsage.fetch(flag: http, settings: settings)
         usage?.checkCurrent(ring.current?.keyID)
         if format == "json" {
+            let budget = try BudgetSetting.value(settings, flag: encryptionBudget)
+            let reserved = (try? EncryptionBudget.readAll(ring.token)) ?? [:]
             let rows: [[String: Any]] = keys.map {
-                ["key_id": $0.keyID, "label": $0.label, "created": $0.createdRFC3339, "state": $0.state.rawValue, "generation": $0.generation]
+                ["key_id": $0.keyID, "label": $0.label, "created": $0.createdRFC3339, "state": $0.state.rawValue, "generation": $0.generation,
+                 "encryptions_reserved": reserved[$0.keyID].map { Int($0) } ?? 0, "encryption_budget": Int(budget)]
                     .merging(usage?.fields($0.keyID) ?? [:]) { a, _ in a }
             }
             var object: [String: Any] = ["keys": rows]

@@ -70,6 +70,9 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var backup: BackupOptions
 
+    @Option(help: ArgumentHelp("Encryptions per root key, counted in the token, before Encrypt refuses the key until 'p11kms rotate'; Status is unhealthy from 99 % (env P11KMS_ENCRYPTION_BUDGET; default 2^32).", valueName: "n"))
+    var encryptionBudget: String?
+
     @Flag(help: "Serve although the token lacks root keys this plugin has served (a token restored from an older copy); the missing keys are recorded as lost (env P11KMS_ACCEPT_KEY_ROLLBACK).")
     var acceptKeyRollback = false
 
@@ -88,6 +91,7 @@ struct Serve: ParsableCommand {
             "canary-interval": canaryInterval, "health-stale-after": healthStaleAfter, "max-queued-calls": maxQueuedCalls,
             "allow-abstract-socket": allowAbstractSocket ? "true" : nil, "state-dir": token.stateDir,
             "token-backups": backup.tokenBackups, "accept-key-rollback": acceptKeyRollback ? "true" : nil,
+            "encryption-budget": encryptionBudget,
         ]
     }
 
@@ -138,7 +142,8 @@ struct Serve: ParsableCommand {
         guard let current = ring.current else {
             fail("the token has no current root key; run 'p11kms init' first")
         }
-        let service = EnvelopeService(keyRing: ring)
+        let service = EnvelopeService(keyRing: ring, budget: try BudgetSetting.make(
+            ring: ring, settings: settings, flag: encryptionBudget, registry: registry))
         let metrics = KMSMetrics(logger: logger)
         let server = PluginServer(configuration: configuration, service: service, metrics: metrics,
                                   logger: logger, runtimeVersion: P11KMS.version,

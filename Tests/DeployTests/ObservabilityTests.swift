@@ -147,16 +147,17 @@ struct ObservabilityTests {
         #expect(!text.contains("p11kms_current_key_info{key_id=\"\(live.keys.old)\"}"))
     }
 
-    @Test("the README lists every alert and every dashboard panel, and says there is no encryption-budget metric yet")
+    @Test("the README lists every alert and every dashboard panel, and says how the encryption budget is watched")
     func readmeDescribesAlertsAndPanels() throws {
         let readme = try Repository.text("README.md")
         let missingAlerts = try Observability.alertNames().filter { !readme.contains("`\($0)`") }
         #expect(missingAlerts.isEmpty, "README does not list the alerts \(missingAlerts)")
         let missingPanels = try Observability.panels().compactMap { $0["title"] as? String }.filter { !readme.contains($0) }
         #expect(missingPanels.isEmpty, "README does not describe the panels \(missingPanels)")
-        let budgetNoted = readme.contains("no encryption-budget metric")
-        #expect(budgetNoted, "README does not say that no encryption-budget metric exists")
-        let budgetCommented = try Repository.text(Observability.rulesPath).contains("no budget metric")
-        #expect(budgetCommented)
+        let budgetNoted = readme.contains("There is no separate encryption-budget alert")
+            && readme.contains("`p11kms_key_encryptions_reserved`") && readme.contains("`p11kms_encryption_budget`")
+        #expect(budgetNoted, "README does not say how the encryption budget is watched")
+        let rules = try Repository.text(Observability.rulesPath)
+        #expect(rules.contains("p11kms_key_encryptions_reserved") && rules.contains("P11KMSTokenDown"))
     }
 }

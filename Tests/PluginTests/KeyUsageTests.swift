@@ -90,7 +90,7 @@ struct KeyUsageTests {
         #expect(plain.stdout.split(separator: "\n").first?.split(separator: " ", omittingEmptySubsequences: true) == ["KEY_ID", "STATE", "CREATED", "LABEL"])
         #expect(plain.stderr.split(separator: "\n").count == 1 && plain.stderr.contains("127.0.0.1:\(closed)") && plain.stderr.contains("not shown"))
         let plainJSON = try plugin.run(["keys", "--format", "json", "--http", "127.0.0.1:\(closed)"] + plugin.tokenArguments)
-        #expect(try keyRows(plainJSON.stdout).first.map { Set($0.keys) } == ["key_id", "label", "created", "state", "generation"])
+        #expect(try keyRows(plainJSON.stdout).first.map { Set($0.keys) } == ["key_id", "label", "created", "state", "generation", "encryptions_reserved", "encryption_budget"])
         // `off` skips it without a note.
         let off = try plugin.run(["keys", "--http", "off"] + plugin.tokenArguments)
         #expect(off.status == 0 && off.stderr.isEmpty && off.stdout == plain.stdout)
