@@ -154,10 +154,10 @@ struct ObservabilityTests {
         #expect(missingAlerts.isEmpty, "README does not list the alerts \(missingAlerts)")
         let missingPanels = try Observability.panels().compactMap { $0["title"] as? String }.filter { !readme.contains($0) }
         #expect(missingPanels.isEmpty, "README does not describe the panels \(missingPanels)")
-        let budgetNoted = readme.contains("There is no separate encryption-budget alert")
+        let budgetNoted = readme.contains("`P11KMSEncryptionBudgetNearlyUsed` warns")
             && readme.contains("`p11kms_key_encryptions_reserved`") && readme.contains("`p11kms_encryption_budget`")
         #expect(budgetNoted, "README does not say how the encryption budget is watched")
         let rules = try Repository.text(Observability.rulesPath)
-        #expect(rules.contains("p11kms_key_encryptions_reserved") && rules.contains("P11KMSTokenDown"))
+        #expect(rules.contains("p11kms_key_encryptions_reserved") && rules.contains("P11KMSEncryptionBudgetNearlyUsed"))
     }
 }
