@@ -144,6 +144,7 @@ public final class EnvelopeService: Sendable {
     /// process may have rotated.
     private func knownKey(_ id: RootKeyID) throws(KMSError) -> RootKey {
         if let key = keyRing.key(id) { return key }
+        if let bad = keyRing.invalidKey(id) { throw KMSError(.failedPrecondition, "\(bad); it is never used") }
         var failure: PKCS11Error?
         let refreshed = refreshGate.run {
             do throws(PKCS11Error) {
@@ -156,6 +157,7 @@ public final class EnvelopeService: Sendable {
         }
         if let failure { throw KMSError.token(failure) }
         if refreshed != nil, let key = keyRing.key(id) { return key }
+        if let bad = keyRing.invalidKey(id) { throw KMSError(.failedPrecondition, "\(bad); it is never used") }
         throw .invalid("unknown key_id \(id.keyID)")
     }
 

@@ -94,6 +94,11 @@ public struct Session: Sendable {
         return first != 0
     }
 
+    public func ulongAttribute(_ type: CK_ATTRIBUTE_TYPE, of object: CK_OBJECT_HANDLE) throws(PKCS11Error) -> CK_ULONG? {
+        guard let value = try attribute(type, of: object), value.count == MemoryLayout<CK_ULONG>.size else { return nil }
+        return value.withUnsafeBytes { $0.loadUnaligned(as: CK_ULONG.self) }
+    }
+
     /// Sets attributes on an existing object.
     public func setAttributes(_ template: [Attribute], of object: CK_OBJECT_HANDLE) throws(PKCS11Error) {
         let rv = withTemplate(template) { f.C_SetAttributeValue(handle, object, $0, $1) }
