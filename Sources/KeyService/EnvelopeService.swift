@@ -134,6 +134,12 @@ public final class EnvelopeService: Sendable {
 
     private enum Failure { case token(UInt), other }
 
+    /// A session copy the module no longer knows, or one that refuses what its token object may now allow (a copy
+    /// made in the instant a key was retired inherits `CKA_DECRYPT=false` and would outlive a restore).
+    private static func isStaleOrRefused(_ error: PKCS11Error) -> Bool {
+        error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID || error.rv == CKR_KEY_FUNCTION_NOT_PERMITTED
+    }
+
     private func lastTokenFailure(_ error: KMSError) -> Failure {
         // withKey records the CK_RV in the message's structured form below.
         if let rv = error.tokenRV { return .token(rv) }
@@ -161,26 +167,43 @@ public final class EnvelopeService: Sendable {
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
-    /// Runs `body` with a session and the key's handle; when the token says the handle is stale, looks it up again
-    /// and runs `body` once more in the same session. If the key cannot be found again (e.g. the session lost its
-    /// login, which hides private objects), the stale-handle error goes to `Token`, which retries with a checked login.
+    /// Runs `body` with a session and the key's handle: its session copy when there is one (the fast path, see
+    /// `SessionKeyCopies`; never for a retired key), else the token object. A copy the module calls stale or not
+    /// permitted is dropped and `body` runs once more with the token object, the authority. When the token says the
+    /// token object's handle is stale, it is looked up again and `body` runs once more in the same session. If the
+    /// key cannot be found again (e.g. the session lost its login, which hides private objects), the stale-handle
+    /// error goes to `Token`, which retries with a checked login.
     private func withKey<T>(_ id: RootKeyID, deadline: ContinuousClock.Instant?,
                             _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
+        let copyable = keyRing.key(id).map { $0.state != .retired } ?? false
         do throws(PKCS11Error) {
             return try token.withSession(deadline: deadline) { (session) throws(PKCS11Error) -> T in
+                let epoch = token.handleEpoch
                 guard let handle = try keyRing.handle(of: id, in: session) else {
                     // Root keys are never deleted: a known one missing may be a storage outage.
                     try token.confirmPresent(session)
                     throw PKCS11Error(.object("root key \(id.keyID) is not in the token"))
                 }
+                let object = copyable
+                    ? token.sessionKeyCopies.handle(for: id.bytes, tokenObject: handle, session: session, epoch: epoch)
+                    : handle
                 do throws(PKCS11Error) {
-                    return try body(session, handle)
+                    return try body(session, object)
                 } catch {
-                    guard error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID else { throw error }
+                    var failure = error
+                    if object != handle, EnvelopeService.isStaleOrRefused(error) {
+                        token.sessionKeyCopies.forget(id.bytes, epoch: epoch)
+                        do throws(PKCS11Error) {
+                            return try body(session, handle)
+                        } catch {
+                            failure = error
+                        }
+                    }
+                    guard failure.rv == CKR_KEY_HANDLE_INVALID || failure.rv == CKR_OBJECT_HANDLE_INVALID else { throw failure }
                     keyRing.forgetHandle(of: id)
                     guard let fresh = try? keyRing.handle(of: id, in: session), fresh != handle else {
                         try token.confirmPresent(session)
-                        throw error
+                        throw failure
                     }
                     do throws(PKCS11Error) {
                         return try body(session, fresh)

@@ -43,6 +43,8 @@ public final class KeyRing: Sendable {
             let epoch = token.handleEpoch
             let found = try KeyRing.readKeys(session)
             if !known.isSubset(of: found.keys.map(\.key.id)) { try token.confirmPresent(session) }
+            // The token object is the authority: copies of keys retired, destroyed or gone stop here.
+            token.sessionKeyCopies.keep(only: Set(found.keys.filter { $0.key.state != .retired }.map(\.key.id.bytes)), epoch: epoch)
             return (found, epoch)
         }
         return state.withLock { state in
@@ -90,7 +92,8 @@ public final class KeyRing: Sendable {
     ]
 
     /// Every secret key, whatever its type: an object labelled like a root key but of another type is reported.
-    static let secretKeyTemplate: [Attribute] = [.ulong(CKA_CLASS, CK_ULONG(CKO_SECRET_KEY))]
+    /// Token objects only: the session copies of the keys in use (`SessionKeyCopies`) are found otherwise.
+    static let secretKeyTemplate: [Attribute] = [.ulong(CKA_CLASS, CK_ULONG(CKO_SECRET_KEY)), .bool(CKA_TOKEN, true)]
 
     /// The root-key objects of the token: the usable keys with their state, oldest generation first, and the
     /// objects labelled like root keys that the token does not describe as one (see `InvalidRootKey`).

@@ -114,6 +114,14 @@ public struct Session: Sendable {
         return key
     }
 
+    /// Copies an object with `template` overriding attributes (e.g. `CKA_TOKEN=false` for a session copy).
+    public func copyObject(_ object: CK_OBJECT_HANDLE, template: [Attribute]) throws(PKCS11Error) -> CK_OBJECT_HANDLE {
+        var copy: CK_OBJECT_HANDLE = 0
+        let rv = withTemplate(template) { f.C_CopyObject(handle, object, $0, $1, &copy) }
+        guard rv == CKR_OK else { throw .call("C_CopyObject", rv) }
+        return copy
+    }
+
     /// Deletes an object for good.
     public func destroyObject(_ object: CK_OBJECT_HANDLE) throws(PKCS11Error) {
         let rv = f.C_DestroyObject(handle, object)

@@ -35,6 +35,8 @@ public struct TokenConfiguration: Sendable, CustomStringConvertible {
 // Mutable state is guarded by `lock`; the module's lifetime lock is held around every PKCS#11 call.
 public final class Token: @unchecked Sendable {
     public let configuration: TokenConfiguration
+    /// Session-object copies of the keys in use (see `SessionKeyCopies`).
+    public let sessionKeyCopies = SessionKeyCopies()
     private let lock = ConditionLock()
     private var module: PKCS11Module?
     private var slot: CK_SLOT_ID?
