@@ -167,15 +167,17 @@ public final class EnvelopeService: Sendable {
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
-    /// Runs `body` with a session and the key's handle: its session copy when there is one (the fast path, see
-    /// `SessionKeyCopies`; never for a retired key), else the token object. A copy the module calls stale or not
+    /// Runs `body` with a session and the key's handle: for the current key its session copy (the fast path, see
+    /// `SessionKeyCopies`), else the token object. A copy the module calls stale or not
     /// permitted is dropped and `body` runs once more with the token object, the authority. When the token says the
     /// token object's handle is stale, it is looked up again and `body` runs once more in the same session. If the
     /// key cannot be found again (e.g. the session lost its login, which hides private objects), the stale-handle
     /// error goes to `Token`, which retries with a checked login.
     private func withKey<T>(_ id: RootKeyID, deadline: ContinuousClock.Instant?,
                             _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
-        let copyable = keyRing.key(id).map { $0.state != .retired } ?? false
+        // Only the current key: every Encrypt and most Decrypts. Older keys run with their token objects, so that a
+        // retire (which needs a non-current key) is refused by the token at once.
+        let copyable = keyRing.key(id)?.state == .current
         do throws(PKCS11Error) {
             return try token.withSession(deadline: deadline) { (session) throws(PKCS11Error) -> T in
                 let epoch = token.handleEpoch

@@ -43,8 +43,9 @@ public final class KeyRing: Sendable {
             let epoch = token.handleEpoch
             let found = try KeyRing.readKeys(session)
             if !known.isSubset(of: found.keys.map(\.key.id)) { try token.confirmPresent(session) }
-            // The token object is the authority: copies of keys retired, destroyed or gone stop here.
-            token.sessionKeyCopies.keep(only: Set(found.keys.filter { $0.key.state != .retired }.map(\.key.id.bytes)), epoch: epoch)
+            // The token object is the authority: only the current key runs with a session copy, so the copy of a
+            // key that was rotated away (and may be retired next), destroyed or is gone stops here.
+            token.sessionKeyCopies.keep(only: Set(found.keys.filter { $0.key.state == .current }.map(\.key.id.bytes)), epoch: epoch)
             return (found, epoch)
         }
         return state.withLock { state in

@@ -29,23 +29,23 @@ extension RecoveryTests {
         #expect(service.token.sessionKeyCopies.status == .init(active: 1, refused: 0, enabled: true))
     }
 
-    @Test("a key retired by another process stops decrypting at the next refresh; restored, it decrypts again")
+    @Test("only the current key runs with a copy; a key rotated away and retired elsewhere stops decrypting at the next refresh")
     func retireDropsTheCopy() throws {
         let service = try makeFaultService()
         let seed = SecureRandom.bytes(32)
         let (old, oldKey) = try service.encrypt(seed)
-        _ = try service.keyRing.rotate()
-        #expect(try service.decrypt(old, expectedKeyID: oldKey.keyID).plaintext == seed)
-        _ = try service.encrypt(seed)
-        #expect(service.token.sessionKeyCopies.status.active == 2)
+        #expect(service.token.sessionKeyCopies.status.active == 1)
 
-        // Another process on the same token (its own Token and key ring) retires the old key.
+        // Another process on the same token (its own Token and key ring) rotates, then retires the old key, before
+        // this service has refreshed: the old key is still current here and its copy still decrypts.
         let other = KeyRing(token: Token(configuration: service.token.configuration))
         try other.refresh()
+        let newKey = try other.rotate()
         #expect(try other.retire(oldKey.id).state == .retired)
-        // The plugin's refresh (its health probe, every probe interval) drops the copy; the token object refuses.
+        // The refresh (the plugin's health probe, every probe interval) drops the copy; the token object refuses.
         #expect(try service.refreshKeys())
-        #expect(service.token.sessionKeyCopies.status.active == 1)
+        #expect(service.keyRing.current?.id == newKey.id)
+        #expect(service.token.sessionKeyCopies.status.active == 0)
         do {
             _ = try service.decrypt(old, expectedKeyID: oldKey.keyID)
             Issue.record("a retired key decrypted after the refresh")
@@ -53,8 +53,12 @@ extension RecoveryTests {
             #expect(error.code == .failedPrecondition && error.message.contains("retired"), "\(error)")
         }
         _ = try other.restore(oldKey.id)
-        #expect(try service.refreshKeys())
-        #expect(try service.decrypt(old, expectedKeyID: oldKey.keyID).plaintext == seed)
+        #expect(try service.decrypt(old, expectedKeyID: oldKey.keyID).plaintext == seed, "a restore works at once")
+        // Decrypts under the older key use its token object: retiring it now is refused at once, no refresh needed.
+        _ = try service.encrypt(seed)
+        #expect(service.token.sessionKeyCopies.status.active == 1)
+        _ = try other.retire(oldKey.id)
+        #expect(throws: KMSError.self) { _ = try service.decrypt(old, expectedKeyID: oldKey.keyID) }
     }
 
     @Test("copies are made again after a re-initialisation of the module")
