@@ -107,21 +107,23 @@ public final class EnvelopeService: Sendable {
         }
     }
 
-    /// SoftHSM reports a GCM tag mismatch as `CKR_GENERAL_ERROR`, other tokens as `CKR_ENCRYPTED_DATA_INVALID`,
-    /// and a retired key as `CKR_KEY_FUNCTION_NOT_PERMITTED`. A forged ciphertext and a passing token fault look
+    /// The token's answer, classified by `TokenFailure`: a retired key is `keyDisabled`, a GCM tag mismatch
+    /// `authenticationFailed` (on SoftHSM the same `CKR_GENERAL_ERROR` as some token faults). A forged ciphertext and a passing token fault look
     /// alike, so the decryption is tried once more (riding through a transient fault: two token operations in
     /// all), and if that fails too the canary tells forged input (the token works) from a failing token; the canary
     /// runs at most once a second and one at a time, other callers use its last result. Returns the plaintext or
     /// throws.
     private func recoverDecryptFailure(_ error: KMSError, envelope: Envelope, key: RootKey,
                                        deadline: ContinuousClock.Instant?) throws(KMSError) -> [UInt8] {
-        guard case .token(let rv) = lastTokenFailure(error) else { throw error }
-        if rv == CKR_KEY_FUNCTION_NOT_PERMITTED {
+        switch error.tokenFailure {
+        case .keyDisabled?:
             _ = refreshGate.run { (try? keyRing.refresh()) != nil }
             throw KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
+        case .authenticationFailed?:
+            break
+        default:
+            throw error
         }
-        let authFailure = rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE
-        guard authFailure else { throw error }
         if let plaintext = try? open(envelope, deadline: deadline) { return plaintext }
         let tokenWorks = canaryGate.recentResult(within: canaryGate.interval)
             ?? canaryGate.run { (try? canaryRoundTrip()) != nil }
@@ -132,18 +134,10 @@ public final class EnvelopeService: Sendable {
         throw .invalid("ciphertext failed authentication")
     }
 
-    private enum Failure { case token(UInt), other }
-
     /// A session copy the module no longer knows, or one that refuses what its token object may now allow (a copy
     /// made in the instant a key was retired inherits `CKA_DECRYPT=false` and would outlive a restore).
     private static func isStaleOrRefused(_ error: PKCS11Error) -> Bool {
         error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID || error.rv == CKR_KEY_FUNCTION_NOT_PERMITTED
-    }
-
-    private func lastTokenFailure(_ error: KMSError) -> Failure {
-        // withKey records the CK_RV in the message's structured form below.
-        if let rv = error.tokenRV { return .token(rv) }
-        return .other
     }
 
     /// Looks a key up, re-reading the token (at most once a second, one at a time) when it is not known yet: another
@@ -219,7 +213,7 @@ public final class EnvelopeService: Sendable {
             }
         } catch {
             var mapped = KMSError.token(error)
-            mapped.tokenRV = error.rv
+            mapped.tokenFailure = error.failure
             throw mapped
         }
     }

@@ -18,8 +18,8 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public let code: Code
     public let message: String
-    /// The `CK_RV` behind a token error, for classification; not part of equality.
-    public var tokenRV: UInt?
+    /// What the token said, for a token error; not part of equality.
+    public var tokenFailure: TokenFailure?
 
     public init(_ code: Code, _ message: String) {
         self.code = code
