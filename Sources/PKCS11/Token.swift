@@ -32,7 +32,11 @@ public struct TokenConfiguration: Sendable, CustomStringConvertible {
 /// One token: a pool of logged-in sessions, so that concurrent operations never share a session, and the recovery
 /// rules: a lost session or login is reopened and the call retried once; a lost device re-initialises the module
 /// and retries once; a rejected PIN is never tried again.
-// Mutable state is guarded by `lock`; the module's lifetime lock is held around every PKCS#11 call.
+// `@unchecked Sendable`, and why that is sound: every mutable stored property (`module`, `slot`,
+// `sessionGeneration`, `idle`, `openCount`, `pinRejected`, `logins`, `lastReconnect`) is read and written only
+// inside `lock.withLock` (a pthread mutex; a condition lock because callers wait for a free session, which
+// `Mutex` cannot do); the other stored properties are `let` and Sendable. A `Session` taken from `idle` is lent to
+// one caller at a time.
 public final class Token: @unchecked Sendable {
     public let configuration: TokenConfiguration
     /// Session-object copies of the keys in use (see `SessionKeyCopies`).
@@ -92,30 +96,24 @@ public final class Token: @unchecked Sendable {
     private func attempt<T>(_ body: (Session) throws(PKCS11Error) -> T, verifying: Bool,
                             waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> T {
         let module = try loadedModule()
-        let outcome: Result<T, PKCS11Error> = module.lifetime.withReadLock { () -> Result<T, PKCS11Error> in
-            let session: Session
-            do throws(PKCS11Error) {
-                session = try acquire(module, verifying: verifying, waitUntil: waitUntil)
-            } catch {
-                return .failure(error)
-            }
-            do throws(PKCS11Error) {
-                let value = try body(session)
-                release(session, module: module)
-                return .success(value)
-            } catch {
-                if error.isSessionLost || error.isDeviceLost {
-                    discard(session)
-                } else {
+        do throws(PKCS11Error) {
+            return try module.lifetime.withReadLock { () throws(PKCS11Error) -> T in
+                let session = try acquire(module, verifying: verifying, waitUntil: waitUntil)
+                do throws(PKCS11Error) {
+                    let value = try body(session)
                     release(session, module: module)
+                    return value
+                } catch {
+                    if error.isSessionLost || error.isDeviceLost {
+                        discard(session)
+                    } else {
+                        release(session, module: module)
+                    }
+                    throw error
                 }
-                return .failure(error)
             }
-        }
-        switch outcome {
-        case .success(let value):
-            return value
-        case .failure(let error):
+        } catch {
+            // Outside the shared lifetime lock: re-initialisation takes it exclusively.
             if error.isDeviceLost { recover(module) }
             throw error
         }
