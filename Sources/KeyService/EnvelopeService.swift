@@ -212,9 +212,7 @@ public final class EnvelopeService: Sendable {
                 }
             }
         } catch {
-            var mapped = KMSError.token(error)
-            mapped.tokenFailure = error.failure
-            throw mapped
+            throw KMSError.token(error)
         }
     }
 }

@@ -65,22 +65,12 @@ extension KeyRing {
     }
 
     private func changeState(_ id: RootKeyID, _ change: (RootKey, CK_OBJECT_HANDLE, Session) throws(KMSError) -> Void) throws(KMSError) -> RootKey {
-        let outcome: Result<Void, KMSError>
-        do throws(PKCS11Error) {
-            outcome = try token.withSession { (session) throws(PKCS11Error) -> Result<Void, KMSError> in
-                let scan = try KeyRing.readKeys(session)
-                do throws(KMSError) {
-                    let found = try scan.usable(id)
-                    try change(found.key, found.handle, session)
-                    return .success(())
-                } catch {
-                    return .failure(error)
-                }
-            }
-        } catch {
-            throw KMSError.token(error)
+        try token.withSession { (session) throws(KMSError) in
+            let scan: Scan
+            do throws(PKCS11Error) { scan = try KeyRing.readKeys(session) } catch { throw KMSError.token(error) }
+            let found = try scan.usable(id)
+            try change(found.key, found.handle, session)
         }
-        try outcome.get()
         do throws(PKCS11Error) {
             try refresh()
         } catch {

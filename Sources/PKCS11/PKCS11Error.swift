@@ -120,3 +120,15 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         names[rv] ?? "CKR_0x\(String(rv, radix: 16))"
     }
 }
+
+/// An error a `Token.withSession` body may throw: made from a token error, and saying which token error (if any) is
+/// behind it, which decides whether the session is dropped and the call retried.
+public protocol TokenCallError: Error {
+    init(tokenError: PKCS11Error)
+    var tokenError: PKCS11Error? { get }
+}
+
+extension PKCS11Error: TokenCallError {
+    public init(tokenError: PKCS11Error) { self = tokenError }
+    public var tokenError: PKCS11Error? { self }
+}
