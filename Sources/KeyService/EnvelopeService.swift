@@ -1,4 +1,3 @@
-import CPKCS11
 import PKCS11
 
 /// Wraps and unwraps data keys with AES-256-GCM inside the token under the root keys of a `KeyRing`.
@@ -108,8 +107,8 @@ public final class EnvelopeService: Sendable {
     }
 
     /// The token's answer, classified by `TokenFailure`: a retired key is `keyDisabled`, a GCM tag mismatch
-    /// `authenticationFailed` (on SoftHSM the same `CKR_GENERAL_ERROR` as some token faults). A forged ciphertext and a passing token fault look
-    /// alike, so the decryption is tried once more (riding through a transient fault: two token operations in
+    /// `authenticationFailed` (on SoftHSM the same `CKR_GENERAL_ERROR` as some token faults). A forged ciphertext
+    /// and a passing token fault look alike, so the decryption is tried once more (riding through a transient fault: two token operations in
     /// all), and if that fails too the canary tells forged input (the token works) from a failing token; the canary
     /// runs at most once a second and one at a time, other callers use its last result. Returns the plaintext or
     /// throws.
@@ -134,12 +133,6 @@ public final class EnvelopeService: Sendable {
         throw .invalid("ciphertext failed authentication")
     }
 
-    /// A session copy the module no longer knows, or one that refuses what its token object may now allow (a copy
-    /// made in the instant a key was retired inherits `CKA_DECRYPT=false` and would outlive a restore).
-    private static func isStaleOrRefused(_ error: PKCS11Error) -> Bool {
-        error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID || error.rv == CKR_KEY_FUNCTION_NOT_PERMITTED
-    }
-
     /// Looks a key up, re-reading the token (at most once a second, one at a time) when it is not known yet: another
     /// process may have rotated.
     private func knownKey(_ id: RootKeyID) throws(KMSError) -> RootKey {
@@ -161,56 +154,15 @@ public final class EnvelopeService: Sendable {
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
-    /// Runs `body` with a session and the key's handle: for the current key its session copy (the fast path, see
-    /// `SessionKeyCopies`), else the token object. A copy the module calls stale or not
-    /// permitted is dropped and `body` runs once more with the token object, the authority. When the token says the
-    /// token object's handle is stale, it is looked up again and `body` runs once more in the same session. If the
-    /// key cannot be found again (e.g. the session lost its login, which hides private objects), the stale-handle
-    /// error goes to `Token`, which retries with a checked login.
+    /// Runs `body` with a session and the key's handle (`Token.withKey`: lookup, stale-handle retries and, for the
+    /// current key, its session copy).
     private func withKey<T>(_ id: RootKeyID, deadline: ContinuousClock.Instant?,
-                            _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
-        // Only the current key: every Encrypt and most Decrypts. Older keys run with their token objects, so that a
-        // retire (which needs a non-current key) is refused by the token at once.
-        let copyable = keyRing.key(id)?.state == .current
+                            _ body: (Session, ObjectHandle) throws(PKCS11Error) -> T) throws(KMSError) -> T {
+        // Only the current key runs with a copy: every Encrypt and most Decrypts. Older keys run with their token
+        // objects, so that a retire (which needs a non-current key) is refused by the token at once.
+        let copy = keyRing.key(id)?.state == .current
         do throws(PKCS11Error) {
-            return try token.withSession(deadline: deadline) { (session) throws(PKCS11Error) -> T in
-                let epoch = token.handleEpoch
-                guard let handle = try keyRing.handle(of: id, in: session) else {
-                    // Root keys are never deleted: a known one missing may be a storage outage.
-                    try token.confirmPresent(session)
-                    throw PKCS11Error(.object("root key \(id.keyID) is not in the token"))
-                }
-                let object = copyable
-                    ? token.sessionKeyCopies.handle(for: id.bytes, tokenObject: handle, session: session, epoch: epoch)
-                    : handle
-                do throws(PKCS11Error) {
-                    return try body(session, object)
-                } catch {
-                    var failure = error
-                    if object != handle, EnvelopeService.isStaleOrRefused(error) {
-                        token.sessionKeyCopies.forget(id.bytes, epoch: epoch)
-                        do throws(PKCS11Error) {
-                            return try body(session, handle)
-                        } catch {
-                            failure = error
-                        }
-                    }
-                    guard failure.rv == CKR_KEY_HANDLE_INVALID || failure.rv == CKR_OBJECT_HANDLE_INVALID else { throw failure }
-                    keyRing.forgetHandle(of: id)
-                    guard let fresh = try? keyRing.handle(of: id, in: session), fresh != handle else {
-                        try token.confirmPresent(session)
-                        throw failure
-                    }
-                    do throws(PKCS11Error) {
-                        return try body(session, fresh)
-                    } catch let again {
-                        if again.rv == CKR_KEY_HANDLE_INVALID || again.rv == CKR_OBJECT_HANDLE_INVALID {
-                            keyRing.forgetHandle(of: id)
-                        }
-                        throw again
-                    }
-                }
-            }
+            return try token.withKey(id: id.bytes, name: id.keyID, copy: copy, deadline: deadline, body)
         } catch {
             throw KMSError.token(error)
         }

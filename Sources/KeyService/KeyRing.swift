@@ -11,7 +11,6 @@ public final class KeyRing: Sendable {
     private struct State {
         var keys: [RootKey] = []
         var invalid: [InvalidRootKey] = []
-        var handles: [RootKeyID: (epoch: Token.HandleEpoch, handle: CK_OBJECT_HANDLE)] = [:]
         var loaded = false
     }
 
@@ -48,6 +47,8 @@ public final class KeyRing: Sendable {
             token.sessionKeyCopies.keep(only: Set(found.keys.filter { $0.key.state == .current }.map(\.key.id.bytes)), epoch: epoch)
             return (found, epoch)
         }
+        token.keyHandles.store(found.keys.map { ($0.key.id.bytes, $0.handle) }, epoch: epoch)
+        for bad in found.invalid { if let id = bad.key.id { token.keyHandles.forget(id.bytes) } }
         return state.withLock { state in
             let keys = found.keys.map(\.key)
             let invalid = found.invalid.map(\.key)
@@ -55,36 +56,19 @@ public final class KeyRing: Sendable {
             state.keys = keys
             state.invalid = invalid
             state.loaded = true
-            for (key, handle) in found.keys { state.handles[key.id] = (epoch, handle) }
-            for bad in invalid { if let id = bad.id { state.handles[id] = nil } }
             return changed
         }
     }
 
-    /// The object handle of `id`, looked up in the token when not cached for the token's current handle epoch
-    /// (module generation and login). Call it inside `token.withSession`.
+    /// The object handle of `id` (`Token.keyHandle`: cached per handle epoch, attributes checked on lookup).
+    /// Call it inside `token.withSession`.
     public func handle(of id: RootKeyID, in session: Session) throws(PKCS11Error) -> CK_OBJECT_HANDLE? {
-        let epoch = token.handleEpoch
-        if let cached = state.withLock({ $0.handles[id] }), cached.epoch == epoch {
-            return cached.handle
-        }
-        let objects = try session.findObjects(KeyRing.secretKeyTemplate + [.bytes(CKA_ID, id.bytes)])
-        guard let handle = objects.first else { return nil }
-        // Checked again here: the object behind a key_id may have changed since the last refresh.
-        guard objects.count == 1 else {
-            throw PKCS11Error(.object("root key \(id.keyID) is invalid: CKA_ID shared with another object; it is never used"))
-        }
-        let problems = try KeyRing.problems(of: handle, in: session)
-        guard problems.isEmpty else {
-            throw PKCS11Error(.object("root key \(id.keyID) is invalid: \(problems.joined(separator: ", ")); it is never used"))
-        }
-        state.withLock { $0.handles[id] = (epoch, handle) }
-        return handle
+        try token.keyHandle(id: id.bytes, name: id.keyID, in: session)
     }
 
-    /// Forgets a cached handle (after `CKR_KEY_HANDLE_INVALID`).
+    /// Forgets a cached handle.
     public func forgetHandle(of id: RootKeyID) {
-        _ = state.withLock { $0.handles.removeValue(forKey: id) }
+        token.keyHandles.forget(id.bytes)
     }
 
     static let aesKeyTemplate: [Attribute] = [
@@ -93,8 +77,7 @@ public final class KeyRing: Sendable {
     ]
 
     /// Every secret key, whatever its type: an object labelled like a root key but of another type is reported.
-    /// Token objects only: the session copies of the keys in use (`SessionKeyCopies`) are found otherwise.
-    static let secretKeyTemplate: [Attribute] = [.ulong(CKA_CLASS, CK_ULONG(CKO_SECRET_KEY)), .bool(CKA_TOKEN, true)]
+    static var secretKeyTemplate: [Attribute] { Token.secretKeyTemplate }
 
     /// The root-key objects of the token: the usable keys with their state, oldest generation first, and the
     /// objects labelled like root keys that the token does not describe as one (see `InvalidRootKey`).
@@ -117,21 +100,6 @@ public final class KeyRing: Sendable {
         }
     }
 
-    /// What is wrong with a secret-key object as a root key, from the token's own attributes: empty when it is
-    /// AES with a 32-byte value, sensitive and not extractable.
-    static func problems(of object: CK_OBJECT_HANDLE, in session: Session) throws(PKCS11Error) -> [String] {
-        var problems: [String] = []
-        if try session.ulongAttribute(CKA_KEY_TYPE, of: object) != CK_ULONG(CKK_AES) { problems.append("not an AES key") }
-        if let length = try session.ulongAttribute(CKA_VALUE_LEN, of: object), length != 32 {
-            problems.append("value is \(length) bytes, not 32")
-        } else if try session.ulongAttribute(CKA_VALUE_LEN, of: object) == nil {
-            problems.append("value length unknown")
-        }
-        if try session.boolAttribute(CKA_SENSITIVE, of: object) != true { problems.append("not sensitive") }
-        if try session.boolAttribute(CKA_EXTRACTABLE, of: object) != false { problems.append("extractable") }
-        return problems
-    }
-
     /// Every object labelled like a p11kms root key, sorted into usable keys (with their state) and invalid ones.
     /// A key is usable only if the token says it is AES-256, sensitive and not extractable, and no other root-key
     /// object has its `CKA_ID`; the current key is the newest usable key that is neither pending nor retired.
@@ -146,7 +114,7 @@ public final class KeyRing: Sendable {
             guard let labelBytes = try session.attribute(CKA_LABEL, of: object) else { continue }
             let label = String(decoding: labelBytes, as: UTF8.self)
             guard let parsed = RootKey.parseLabel(label) else { continue }
-            var problems = try problems(of: object, in: session)
+            var problems = try Token.aes256Problems(of: object, in: session)
             let id = try session.attribute(CKA_ID, of: object).flatMap(RootKeyID.init(bytes:))
             if let id { idCounts[id, default: 0] += 1 } else { problems.append("CKA_ID is not \(RootKeyID.byteCount) bytes") }
             let decrypt = try session.boolAttribute(CKA_DECRYPT, of: object) ?? false

@@ -1,5 +1,8 @@
 import CPKCS11
 
+/// A PKCS#11 object handle (`CK_OBJECT_HANDLE`), for code that does not import the C header.
+public typealias ObjectHandle = CK_OBJECT_HANDLE
+
 /// One PKCS#11 session. A session runs one operation at a time: the pool in `Token` hands each to one caller.
 public struct Session: Sendable {
     let module: PKCS11Module

@@ -41,6 +41,8 @@ public final class Token: @unchecked Sendable {
     public let configuration: TokenConfiguration
     /// Session-object copies of the keys in use (see `SessionKeyCopies`).
     public let sessionKeyCopies = SessionKeyCopies()
+    /// Handles of the keys found in the token (see `keyHandle(id:name:in:)`).
+    public let keyHandles = KeyHandleCache()
     private let lock = ConditionLock()
     private var module: PKCS11Module?
     private var slot: CK_SLOT_ID?
