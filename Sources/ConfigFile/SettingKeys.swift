@@ -47,6 +47,8 @@ public enum SettingKeys {
                    kind: .seconds),
         SettingKey(key: "max-queued-calls", env: "P11KMS_MAX_QUEUED_CALLS", defaultValue: "1024", example: "1024",
                    kind: .integer),
+        SettingKey(key: "session-key-copies", env: "P11KMS_SESSION_KEY_COPIES", defaultValue: "true", example: "false",
+                   kind: .boolean),
         SettingKey(key: "allow-abstract-socket", env: "P11KMS_ALLOW_ABSTRACT_SOCKET", defaultValue: "false",
                    example: "true", kind: .boolean),
         SettingKey(key: "state-dir", env: "P11KMS_STATE_DIR", defaultValue: "/var/lib/p11kms/state",

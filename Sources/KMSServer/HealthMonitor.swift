@@ -104,11 +104,15 @@ public final class HealthMonitor: Service {
         do throws(KMSError) {
             keyChanged = try service.refreshKeys()
             let canaryDue = state.withLock { s in s.lastCanary.map { now - $0 >= canaryInterval } ?? true || !s.health.healthy }
-            if canaryDue {
+            let invalid = HealthMonitor.invalidKeysReason(service.keyRing.invalidKeys)
+            // With no usable current key, the reason to report is the invalid object, not the canary's failure.
+            if canaryDue && (invalid == nil || service.keyRing.current != nil) {
                 try service.canary()
                 state.withLock { $0.lastCanary = now }
             }
-            if let current = service.keyRing.current, let warning = service.budget?.warning(for: current.id) {
+            if let invalid {
+                result = Health(healthy: false, reason: invalid, currentKeyID: service.keyRing.current?.keyID, lastSuccess: .now)
+            } else if let current = service.keyRing.current, let warning = service.budget?.warning(for: current.id) {
                 result = Health(healthy: false, reason: warning, currentKeyID: current.keyID, lastSuccess: .now)
             } else if let current = service.keyRing.current {
                 result = Health(healthy: true, reason: "ok", currentKeyID: current.keyID, lastSuccess: .now)
@@ -220,6 +224,12 @@ public final class HealthMonitor: Service {
     /// A reason without its changing figures ("token not answering for 7s" and "…for 8s" are one state).
     private static func kind(_ reason: String) -> Substring {
         reason.prefix { !$0.isNumber }
+    }
+
+    /// Objects labelled like root keys that the token does not describe as one: named (label, key_id), never used.
+    static func invalidKeysReason(_ invalid: [InvalidRootKey]) -> String? {
+        guard let first = invalid.first else { return nil }
+        return invalid.count == 1 ? first.description : "\(first) (and \(invalid.count - 1) more invalid root key objects: 'p11kms keys')"
     }
 
     static func shortReason(_ error: KMSError) -> String {

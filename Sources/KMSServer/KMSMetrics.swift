@@ -41,6 +41,8 @@ public final class KMSMetrics: Sendable {
     private let keyStates: [RootKeyState: Gauge]
     private let probes: [Bool: Counter]
     private let inFlight = Gauge(label: "p11kms_grpc_calls_in_flight")
+    private let copiesActive = Gauge(label: "p11kms_session_key_copies", dimensions: [("state", "active")])
+    private let copiesRefused = Gauge(label: "p11kms_session_key_copies", dimensions: [("state", "refused")])
     private let warningThreshold: UInt64
     private let logger: Logger
 
@@ -99,6 +101,9 @@ public final class KMSMetrics: Sendable {
         tokenHealthy.record(health.healthy ? 1 : 0)
         sessionsOpen.record(token.openSessions)
         sessionsInUse.record(token.sessionsInUse)
+        let copies = token.sessionKeyCopies.status
+        copiesActive.record(copies.active)
+        copiesRefused.record(copies.refused)
         inFlight.record(inFlightCalls)
         for (state, gauge) in keyStates {
             gauge.record(keys.filter { $0.state == state }.count)
@@ -126,6 +131,7 @@ extension KMSMetrics {
         "p11kms_token_probes_total": "Token probes (key list read, canary round trip) by result.",
         "p11kms_pkcs11_sessions_open": "PKCS#11 sessions open.",
         "p11kms_pkcs11_sessions_in_use": "PKCS#11 sessions lent to a running call.",
+        "p11kms_session_key_copies": "Root keys by session-object copy state: active (AES-GCM runs with a session copy) or refused (the module refused the copy; the token object is used).",
         "p11kms_grpc_calls_in_flight": "KMS calls received and not yet answered.",
         // Serving metrics (request queue and workers).
         "p11kms_request_queue_depth": "KMS calls waiting for a worker.",

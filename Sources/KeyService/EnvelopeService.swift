@@ -1,4 +1,3 @@
-import CPKCS11
 import PKCS11
 
 /// Wraps and unwraps data keys with AES-256-GCM inside the token under the root keys of a `KeyRing`.
@@ -112,21 +111,23 @@ public final class EnvelopeService: Sendable {
         }
     }
 
-    /// SoftHSM reports a GCM tag mismatch as `CKR_GENERAL_ERROR`, other tokens as `CKR_ENCRYPTED_DATA_INVALID`,
-    /// and a retired key as `CKR_KEY_FUNCTION_NOT_PERMITTED`. A forged ciphertext and a passing token fault look
-    /// alike, so the decryption is tried once more (riding through a transient fault: two token operations in
+    /// The token's answer, classified by `TokenFailure`: a retired key is `keyDisabled`, a GCM tag mismatch
+    /// `authenticationFailed` (on SoftHSM the same `CKR_GENERAL_ERROR` as some token faults). A forged ciphertext
+    /// and a passing token fault look alike, so the decryption is tried once more (riding through a transient fault: two token operations in
     /// all), and if that fails too the canary tells forged input (the token works) from a failing token; the canary
     /// runs at most once a second and one at a time, other callers use its last result. Returns the plaintext or
     /// throws.
     private func recoverDecryptFailure(_ error: KMSError, envelope: Envelope, key: RootKey,
                                        deadline: ContinuousClock.Instant?) throws(KMSError) -> [UInt8] {
-        guard case .token(let rv) = lastTokenFailure(error) else { throw error }
-        if rv == CKR_KEY_FUNCTION_NOT_PERMITTED {
+        switch error.tokenFailure {
+        case .keyDisabled?:
             _ = refreshGate.run { (try? keyRing.refresh()) != nil }
             throw KMSError(.failedPrecondition, "root key \(key.keyID) is retired; 'p11kms restore \(key.keyID)' re-enables it")
+        case .authenticationFailed?:
+            break
+        default:
+            throw error
         }
-        let authFailure = rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE
-        guard authFailure else { throw error }
         if let plaintext = try? open(envelope, deadline: deadline) { return plaintext }
         let tokenWorks = canaryGate.recentResult(within: canaryGate.interval)
             ?? canaryGate.run { (try? canaryRoundTrip()) != nil }
@@ -137,18 +138,11 @@ public final class EnvelopeService: Sendable {
         throw .invalid("ciphertext failed authentication")
     }
 
-    private enum Failure { case token(UInt), other }
-
-    private func lastTokenFailure(_ error: KMSError) -> Failure {
-        // withKey records the CK_RV in the message's structured form below.
-        if let rv = error.tokenRV { return .token(rv) }
-        return .other
-    }
-
     /// Looks a key up, re-reading the token (at most once a second, one at a time) when it is not known yet: another
     /// process may have rotated.
     private func knownKey(_ id: RootKeyID) throws(KMSError) -> RootKey {
         if let key = keyRing.key(id) { return key }
+        if let bad = keyRing.invalidKey(id) { throw KMSError(.failedPrecondition, "\(bad); it is never used") }
         var failure: PKCS11Error?
         let refreshed = refreshGate.run {
             do throws(PKCS11Error) {
@@ -161,44 +155,21 @@ public final class EnvelopeService: Sendable {
         }
         if let failure { throw KMSError.token(failure) }
         if refreshed != nil, let key = keyRing.key(id) { return key }
+        if let bad = keyRing.invalidKey(id) { throw KMSError(.failedPrecondition, "\(bad); it is never used") }
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
-    /// Runs `body` with a session and the key's handle; when the token says the handle is stale, looks it up again
-    /// and runs `body` once more in the same session. If the key cannot be found again (e.g. the session lost its
-    /// login, which hides private objects), the stale-handle error goes to `Token`, which retries with a checked login.
+    /// Runs `body` with a session and the key's handle (`Token.withKey`: lookup, stale-handle retries and, for the
+    /// current key, its session copy).
     private func withKey<T>(_ id: RootKeyID, deadline: ContinuousClock.Instant?,
-                            _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(KMSError) -> T {
+                            _ body: (Session, ObjectHandle) throws(PKCS11Error) -> T) throws(KMSError) -> T {
+        // Only the current key runs with a copy: every Encrypt and most Decrypts. Older keys run with their token
+        // objects, so that a retire (which needs a non-current key) is refused by the token at once.
+        let copy = keyRing.key(id)?.state == .current
         do throws(PKCS11Error) {
-            return try token.withSession(deadline: deadline) { (session) throws(PKCS11Error) -> T in
-                guard let handle = try keyRing.handle(of: id, in: session) else {
-                    // Root keys are never deleted: a known one missing may be a storage outage.
-                    try token.confirmPresent(session)
-                    throw PKCS11Error(.object("root key \(id.keyID) is not in the token"))
-                }
-                do throws(PKCS11Error) {
-                    return try body(session, handle)
-                } catch {
-                    guard error.rv == CKR_KEY_HANDLE_INVALID || error.rv == CKR_OBJECT_HANDLE_INVALID else { throw error }
-                    keyRing.forgetHandle(of: id)
-                    guard let fresh = try? keyRing.handle(of: id, in: session), fresh != handle else {
-                        try token.confirmPresent(session)
-                        throw error
-                    }
-                    do throws(PKCS11Error) {
-                        return try body(session, fresh)
-                    } catch let again {
-                        if again.rv == CKR_KEY_HANDLE_INVALID || again.rv == CKR_OBJECT_HANDLE_INVALID {
-                            keyRing.forgetHandle(of: id)
-                        }
-                        throw again
-                    }
-                }
-            }
+            return try token.withKey(id: id.bytes, name: id.keyID, copy: copy, deadline: deadline, body)
         } catch {
-            var mapped = KMSError.token(error)
-            mapped.tokenRV = error.rv
-            throw mapped
+            throw KMSError.token(error)
         }
     }
 }

@@ -2,7 +2,7 @@ import PKCS11
 
 /// The one error type of the key service. The server maps `code` to a gRPC status; `message` is safe to return to
 /// the caller and to log: it never contains plaintext, key bytes or the PIN.
-public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
+public struct KMSError: TokenCallError, Sendable, Equatable, CustomStringConvertible {
     public enum Code: Sendable, Equatable {
         /// The request is malformed or cannot be authenticated: changes nothing.
         case invalidArgument
@@ -18,8 +18,11 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public let code: Code
     public let message: String
-    /// The `CK_RV` behind a token error, for classification; not part of equality.
-    public var tokenRV: UInt?
+    /// The token error behind this one, if any (it decides `Token.withSession`'s retries); not part of equality.
+    public var tokenError: PKCS11Error?
+
+    /// What the token said, for a token error.
+    public var tokenFailure: TokenFailure? { tokenError?.failure }
 
     public init(_ code: Code, _ message: String) {
         self.code = code
@@ -34,14 +37,20 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public static func invalid(_ message: String) -> KMSError { KMSError(.invalidArgument, message) }
 
+    /// `KMSError.token(_:)`, for `Token.withSession` bodies that throw `KMSError`.
+    public init(tokenError: PKCS11Error) { self = KMSError.token(tokenError) }
+
     /// Maps a token error: outages become `unavailable` with the failing call's name, nothing else.
     public static func token(_ error: PKCS11Error) -> KMSError {
+        var mapped: KMSError
         if case .noFreeSession = error.kind {
-            return KMSError(.deadlineExceeded, "not started: \(error)")
+            mapped = KMSError(.deadlineExceeded, "not started: \(error)")
+        } else if error.isUnavailable {
+            mapped = KMSError(.unavailable, "token unavailable: \(error)")
+        } else {
+            mapped = KMSError(.internal, "token error: \(error)")
         }
-        if error.isUnavailable {
-            return KMSError(.unavailable, "token unavailable: \(error)")
-        }
-        return KMSError(.internal, "token error: \(error)")
+        mapped.tokenError = error
+        return mapped
     }
 }

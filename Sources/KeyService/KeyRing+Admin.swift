@@ -42,6 +42,7 @@ extension KeyRing {
         } catch {
             throw KMSError.token(error)
         }
+        if let bad = invalidKey(id) { throw KMSError(.failedPrecondition, "\(bad); it is never used, and not destroyed by p11kms") }
         guard let key = key(id) else { throw KMSError.invalid("no root key \(id.keyID) in the token") }
         guard key.state == .retired else {
             throw KMSError(.failedPrecondition, "\(key.keyID) is \(key.state.rawValue); only a retired key can be destroyed ('p11kms retire' first)")
@@ -49,7 +50,7 @@ extension KeyRing {
         do throws(PKCS11Error) {
             try token.withSession { (session) throws(PKCS11Error) in
                 // Re-check in the token itself, in case another process restored it meanwhile.
-                let keys = try KeyRing.readKeys(session)
+                let keys = try KeyRing.readKeys(session).keys
                 guard let found = keys.first(where: { $0.key.id == id }) else { return }
                 guard found.key.state == .retired else {
                     throw PKCS11Error(.object("\(id.keyID) is no longer retired; not destroyed"))
@@ -64,24 +65,12 @@ extension KeyRing {
     }
 
     private func changeState(_ id: RootKeyID, _ change: (RootKey, CK_OBJECT_HANDLE, Session) throws(KMSError) -> Void) throws(KMSError) -> RootKey {
-        let outcome: Result<Void, KMSError>
-        do throws(PKCS11Error) {
-            outcome = try token.withSession { (session) throws(PKCS11Error) -> Result<Void, KMSError> in
-                let keys = try KeyRing.readKeys(session)
-                guard let found = keys.first(where: { $0.key.id == id }) else {
-                    return .failure(KMSError.invalid("no root key \(id.keyID) in the token"))
-                }
-                do throws(KMSError) {
-                    try change(found.key, found.handle, session)
-                    return .success(())
-                } catch {
-                    return .failure(error)
-                }
-            }
-        } catch {
-            throw KMSError.token(error)
+        try token.withSession { (session) throws(KMSError) in
+            let scan: Scan
+            do throws(PKCS11Error) { scan = try KeyRing.readKeys(session) } catch { throw KMSError.token(error) }
+            let found = try scan.usable(id)
+            try change(found.key, found.handle, session)
         }
-        try outcome.get()
         do throws(PKCS11Error) {
             try refresh()
         } catch {

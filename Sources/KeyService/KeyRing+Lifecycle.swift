@@ -51,14 +51,15 @@ extension KeyRing {
     public func rotate(now: Int = Int(time(nil)), stageOnly: Bool = false) throws(KMSError) -> RootKey {
         do throws(PKCS11Error) {
             let id = try token.withSession { (session) throws(PKCS11Error) -> RootKeyID in
-                let existing = try KeyRing.readKeys(session)
+                let scan = try KeyRing.readKeys(session)
+                let existing = scan.keys
                 if let pending = existing.last(where: { $0.key.state == .pending }),
                    pending.key.generation > (existing.filter { $0.key.state != .pending }.map(\.key.generation).max() ?? 0),
                    (try? KeyRing.verify(pending.handle, session: session)) == true {
                     if !stageOnly { try KeyRing.promote(pending.key, handle: pending.handle, session: session) }
                     return pending.key.id
                 }
-                let generation = (existing.map(\.key.generation).max() ?? 0) + 1
+                let generation = scan.highestGeneration + 1
                 let id = RootKeyID.random()
                 let pendingLabel = RootKey.label(generation: generation, createdAt: now, pending: true)
                 let handle = try session.generateKey(

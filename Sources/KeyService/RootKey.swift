@@ -59,8 +59,11 @@ public struct RootKey: Sendable, Equatable {
     }
 
     /// RFC 3339 (UTC), for listings.
-    public var createdRFC3339: String {
-        let s = RootKey.timestamp(createdAt)
+    public var createdRFC3339: String { RootKey.rfc3339(createdAt) }
+
+    /// RFC 3339 (UTC) of seconds since the epoch.
+    public static func rfc3339(_ seconds: Int) -> String {
+        let s = RootKey.timestamp(seconds)
         let c = Array(s)
         return "\(String(c[0..<4]))-\(String(c[4..<6]))-\(String(c[6..<8]))T\(String(c[9..<11])):\(String(c[11..<13])):\(String(c[13..<15]))Z"
     }

@@ -89,6 +89,7 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         UInt(CKR_DEVICE_REMOVED): "CKR_DEVICE_REMOVED", UInt(CKR_ENCRYPTED_DATA_INVALID): "CKR_ENCRYPTED_DATA_INVALID",
         UInt(CKR_ENCRYPTED_DATA_LEN_RANGE): "CKR_ENCRYPTED_DATA_LEN_RANGE",
         UInt(CKR_FUNCTION_NOT_SUPPORTED): "CKR_FUNCTION_NOT_SUPPORTED",
+        UInt(CKR_ACTION_PROHIBITED): "CKR_ACTION_PROHIBITED",
         UInt(CKR_KEY_HANDLE_INVALID): "CKR_KEY_HANDLE_INVALID",
         UInt(CKR_KEY_FUNCTION_NOT_PERMITTED): "CKR_KEY_FUNCTION_NOT_PERMITTED",
         UInt(CKR_KEY_UNEXTRACTABLE): "CKR_KEY_UNEXTRACTABLE",
@@ -118,4 +119,16 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
     public static func name(of rv: UInt) -> String {
         names[rv] ?? "CKR_0x\(String(rv, radix: 16))"
     }
+}
+
+/// An error a `Token.withSession` body may throw: made from a token error, and saying which token error (if any) is
+/// behind it, which decides whether the session is dropped and the call retried.
+public protocol TokenCallError: Error {
+    init(tokenError: PKCS11Error)
+    var tokenError: PKCS11Error? { get }
+}
+
+extension PKCS11Error: TokenCallError {
+    public init(tokenError: PKCS11Error) { self = tokenError }
+    public var tokenError: PKCS11Error? { self }
 }

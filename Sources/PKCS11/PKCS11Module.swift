@@ -8,7 +8,11 @@ import Glibc
 /// The module is initialised with `CKF_OS_LOCKING_OK` (without it SoftHSM turns its own locking off). PKCS#11 state
 /// is process-wide, so every `Token` on the same module shares this object; `reinitialize(ifGeneration:)` finalises
 /// and initialises the library again after a device loss (SoftHSM sees a returned token only after that).
-// Holds C pointers written once in `load`; mutable state is guarded by `state` and `lifetime`.
+// `@unchecked Sendable`, and why that is sound: `functions` is a C pointer (not Sendable to Swift) written once in
+// `init` and never changed; the function list it points to is the module's static table, and the module was
+// initialised with CKF_OS_LOCKING_OK, so its functions may be called from any thread. The only mutable stored
+// properties, `_generation` and `initialized`, are read and written only inside `state.withLock`; `loaded` only
+// inside `registryLock.withLock`.
 public final class PKCS11Module: @unchecked Sendable {
     public let path: String
     let functions: UnsafeMutablePointer<CK_FUNCTION_LIST>

@@ -1,5 +1,8 @@
 import CPKCS11
 
+/// A PKCS#11 object handle (`CK_OBJECT_HANDLE`), for code that does not import the C header.
+public typealias ObjectHandle = CK_OBJECT_HANDLE
+
 /// One PKCS#11 session. A session runs one operation at a time: the pool in `Token` hands each to one caller.
 public struct Session: Sendable {
     let module: PKCS11Module
@@ -94,6 +97,11 @@ public struct Session: Sendable {
         return first != 0
     }
 
+    public func ulongAttribute(_ type: CK_ATTRIBUTE_TYPE, of object: CK_OBJECT_HANDLE) throws(PKCS11Error) -> CK_ULONG? {
+        guard let value = try attribute(type, of: object), value.count == MemoryLayout<CK_ULONG>.size else { return nil }
+        return value.withUnsafeBytes { $0.loadUnaligned(as: CK_ULONG.self) }
+    }
+
     /// Sets attributes on an existing object.
     public func setAttributes(_ template: [Attribute], of object: CK_OBJECT_HANDLE) throws(PKCS11Error) {
         let rv = withTemplate(template) { f.C_SetAttributeValue(handle, object, $0, $1) }
@@ -107,6 +115,14 @@ public struct Session: Sendable {
         let rv = withTemplate(template) { f.C_GenerateKey(handle, &mech, $0, $1, &key) }
         guard rv == CKR_OK else { throw .call("C_GenerateKey", rv) }
         return key
+    }
+
+    /// Copies an object with `template` overriding attributes (e.g. `CKA_TOKEN=false` for a session copy).
+    public func copyObject(_ object: CK_OBJECT_HANDLE, template: [Attribute]) throws(PKCS11Error) -> CK_OBJECT_HANDLE {
+        var copy: CK_OBJECT_HANDLE = 0
+        let rv = withTemplate(template) { f.C_CopyObject(handle, object, $0, $1, &copy) }
+        guard rv == CKR_OK else { throw .call("C_CopyObject", rv) }
+        return copy
     }
 
     /// Deletes an object for good.

@@ -32,9 +32,17 @@ public struct TokenConfiguration: Sendable, CustomStringConvertible {
 /// One token: a pool of logged-in sessions, so that concurrent operations never share a session, and the recovery
 /// rules: a lost session or login is reopened and the call retried once; a lost device re-initialises the module
 /// and retries once; a rejected PIN is never tried again.
-// Mutable state is guarded by `lock`; the module's lifetime lock is held around every PKCS#11 call.
+// `@unchecked Sendable`, and why that is sound: every mutable stored property (`module`, `slot`,
+// `sessionGeneration`, `idle`, `openCount`, `pinRejected`, `logins`, `lastReconnect`) is read and written only
+// inside `lock.withLock` (a pthread mutex; a condition lock because callers wait for a free session, which
+// `Mutex` cannot do); the other stored properties are `let` and Sendable. A `Session` taken from `idle` is lent to
+// one caller at a time.
 public final class Token: @unchecked Sendable {
     public let configuration: TokenConfiguration
+    /// Session-object copies of the keys in use (see `SessionKeyCopies`).
+    public let sessionKeyCopies = SessionKeyCopies()
+    /// Handles of the keys found in the token (see `keyHandle(id:name:in:)`).
+    public let keyHandles = KeyHandleCache()
     private let lock = ConditionLock()
     private var module: PKCS11Module?
     private var slot: CK_SLOT_ID?
@@ -51,7 +59,7 @@ public final class Token: @unchecked Sendable {
 
     /// Loads the module, finds the token and logs in once. Fails fast with a clear error.
     public func connect() throws(PKCS11Error) {
-        try withSession { _ in }
+        try withSession { (_) throws(PKCS11Error) in }
     }
 
     /// Sessions currently open (idle and in use).
@@ -75,46 +83,51 @@ public final class Token: @unchecked Sendable {
     /// Runs `body` with a session of its own, logged in. Retries once after a lost session, login or device; the
     /// retry checks a pooled session's login before using it, since a lost login affects every session.
     ///
+    /// Generic over the body's own typed error: any `TokenCallError` (a `PKCS11Error`, or a caller's error that
+    /// carries the token error behind it), so callers throw their own errors from the body, and token failures of
+    /// the session itself reach them as that type.
+    ///
     /// Waiting for a free session ends at `deadline` (or after `sessionWaitLimit` without one) with
     /// `noFreeSession`: a call that cannot start in time is never sent to the token.
-    public func withSession<T>(deadline: ContinuousClock.Instant? = nil,
-                               _ body: (Session) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+    public func withSession<T, E: TokenCallError>(deadline: ContinuousClock.Instant? = nil,
+                                                  _ body: (Session) throws(E) -> T) throws(E) -> T {
         let waitUntil = deadline ?? .now.advanced(by: configuration.sessionWaitLimit)
-        do {
+        do throws(E) {
             return try attempt(body, verifying: false, waitUntil: waitUntil)
-        } catch let error where error.isSessionLost || error.isDeviceLost {
+        } catch {
+            guard let token = error.tokenError, token.isSessionLost || token.isDeviceLost else { throw error }
             return try attempt(body, verifying: true, waitUntil: waitUntil)
         }
     }
 
-    private func attempt<T>(_ body: (Session) throws(PKCS11Error) -> T, verifying: Bool,
-                            waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> T {
-        let module = try loadedModule()
-        let outcome: Result<T, PKCS11Error> = module.lifetime.withReadLock { () -> Result<T, PKCS11Error> in
-            let session: Session
-            do throws(PKCS11Error) {
-                session = try acquire(module, verifying: verifying, waitUntil: waitUntil)
-            } catch {
-                return .failure(error)
-            }
-            do throws(PKCS11Error) {
-                let value = try body(session)
-                release(session, module: module)
-                return .success(value)
-            } catch {
-                if error.isSessionLost || error.isDeviceLost {
-                    discard(session)
-                } else {
-                    release(session, module: module)
+    private func attempt<T, E: TokenCallError>(_ body: (Session) throws(E) -> T, verifying: Bool,
+                                               waitUntil: ContinuousClock.Instant) throws(E) -> T {
+        let module: PKCS11Module
+        do throws(PKCS11Error) { module = try loadedModule() } catch { throw E(tokenError: error) }
+        do throws(E) {
+            return try module.lifetime.withReadLock { () throws(E) -> T in
+                let session: Session
+                do throws(PKCS11Error) {
+                    session = try acquire(module, verifying: verifying, waitUntil: waitUntil)
+                } catch {
+                    throw E(tokenError: error)
                 }
-                return .failure(error)
+                do throws(E) {
+                    let value = try body(session)
+                    release(session, module: module)
+                    return value
+                } catch {
+                    if let token = error.tokenError, token.isSessionLost || token.isDeviceLost {
+                        discard(session)
+                    } else {
+                        release(session, module: module)
+                    }
+                    throw error
+                }
             }
-        }
-        switch outcome {
-        case .success(let value):
-            return value
-        case .failure(let error):
-            if error.isDeviceLost { recover(module) }
+        } catch {
+            // Outside the shared lifetime lock: re-initialisation takes it exclusively.
+            if error.tokenError?.isDeviceLost == true { recover(module) }
             throw error
         }
     }

@@ -110,10 +110,15 @@ struct Keys: ParsableCommand {
         if format == "json" {
             let budget = try BudgetSetting.value(settings, flag: encryptionBudget)
             let reserved = (try? EncryptionBudget.readAll(ring.token)) ?? [:]
-            let rows: [[String: Any]] = keys.map {
+            var rows: [[String: Any]] = keys.map {
                 ["key_id": $0.keyID, "label": $0.label, "created": $0.createdRFC3339, "state": $0.state.rawValue, "generation": $0.generation,
                  "encryptions_reserved": reserved[$0.keyID].map { Int($0) } ?? 0, "encryption_budget": Int(budget)]
                     .merging(usage?.fields($0.keyID) ?? [:]) { a, _ in a }
+            }
+            // Objects labelled like root keys that are never used: state "invalid" and the reason.
+            rows += ring.invalidKeys.map {
+                ["key_id": $0.keyID ?? "", "label": $0.label, "created": $0.createdRFC3339, "state": "invalid",
+                 "generation": $0.generation, "reason": $0.problems.joined(separator: ", ")]
             }
             var object: [String: Any] = ["keys": rows]
             if let usage { object["plugin"] = usage.summary }
@@ -122,8 +127,14 @@ struct Keys: ParsableCommand {
             return
         }
         let header = ["KEY_ID", "STATE", "CREATED", "LABEL"] + (usage == nil ? [] : ["LAST_ENCRYPT", "LAST_DECRYPT"])
-        let rows = keys.reversed().map { [$0.keyID, $0.state.rawValue, $0.createdRFC3339, $0.label] + (usage?.cells($0.keyID) ?? []) }
+        var rows = keys.reversed().map { [$0.keyID, $0.state.rawValue, $0.createdRFC3339, $0.label] + (usage?.cells($0.keyID) ?? []) }
+        rows += ring.invalidKeys.map {
+            [$0.keyID ?? "-", "invalid", $0.createdRFC3339, $0.label] + (usage == nil ? [] : ["-", "-"])
+        }
         print(Table.render(header: header, rows: rows))
+        for bad in ring.invalidKeys {
+            FileHandle.standardError.write(Data("warning: \(bad); it is never used\n".utf8))
+        }
     }
 }
 

@@ -78,7 +78,12 @@ struct SettingsResolver {
     }
 
     func bool(_ key: String, flag: Bool) throws -> Bool {
-        let setting = resolve(key, flag: flag ? "true" : nil)
+        try bool(key, text: flag ? "true" : nil)
+    }
+
+    /// A boolean whose flag takes a value (`--name=false`), so that it can turn a default of true off.
+    func bool(_ key: String, text flag: String?) throws -> Bool {
+        let setting = resolve(key, flag: flag)
         switch setting.value?.lowercased() {
         case "true", "yes", "on", "1": return true
         case "false", "no", "off", "0", nil: return false

@@ -50,7 +50,10 @@ struct WorstDayTests {
     func hungToken() throws {
         let plugin = try PluginProcess(name: "hang")
         let port = freePort()
-        try plugin.start(["--http-listen", "127.0.0.1:\(port)", "--probe-interval", "0.5", "--worker-threads", "2"])
+        // TokenHang blocks SoftHSM on the token's object files; a session copy of the key is never read from a
+        // file, so the hang would not reach Encrypt. Token objects only: every call hangs, as on a stuck HSM.
+        try plugin.start(["--http-listen", "127.0.0.1:\(port)", "--probe-interval", "0.5", "--worker-threads", "2",
+                          "--session-key-copies=false"])
         let client = try plugin.client()
         let seed = randomBytes(32)
         let wrapped = try client.encrypt(seed)
@@ -104,7 +107,8 @@ struct WorstDayTests {
     @Test("SIGTERM with a hung token: the process exits within grace + 1 s and removes its socket")
     func shutdownDuringHang() throws {
         let plugin = try PluginProcess(name: "hangstop")
-        try plugin.start(["--shutdown-grace", "2", "--probe-interval", "0.5"])
+        // Token objects only, as in `hungToken`: the file-lock hang does not reach a session copy.
+        try plugin.start(["--shutdown-grace", "2", "--probe-interval", "0.5", "--session-key-copies=false"])
         let client = try plugin.client()
         let folder = try #require(plugin.hsm.tokenFolder(label: plugin.tokenLabel))
         let hang = try TokenHang(tokenFolder: folder)

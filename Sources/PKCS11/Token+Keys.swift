@@ -1,0 +1,109 @@
+import CPKCS11
+import Synchronization
+
+/// Object handles of the token's secret keys by `CKA_ID`, valid for one handle epoch (module generation and login).
+public final class KeyHandleCache: Sendable {
+    private let handles = Mutex<[[UInt8]: (epoch: Token.HandleEpoch, handle: CK_OBJECT_HANDLE)]>([:])
+
+    func get(_ id: [UInt8], epoch: Token.HandleEpoch) -> CK_OBJECT_HANDLE? {
+        handles.withLock { $0[id] }.flatMap { $0.epoch == epoch ? $0.handle : nil }
+    }
+
+    /// Remembers handles found while reading the key list (inside `withSession`, with the epoch read there).
+    public func store(_ found: [(id: [UInt8], handle: CK_OBJECT_HANDLE)], epoch: Token.HandleEpoch) {
+        handles.withLock { for (id, handle) in found { $0[id] = (epoch, handle) } }
+    }
+
+    public func forget(_ id: [UInt8]) {
+        _ = handles.withLock { $0.removeValue(forKey: id) }
+    }
+}
+
+extension Token {
+    /// Token objects only: the session copies (`SessionKeyCopies`) are found otherwise.
+    public static let secretKeyTemplate: [Attribute] = [.ulong(CKA_CLASS, CK_ULONG(CKO_SECRET_KEY)), .bool(CKA_TOKEN, true)]
+
+    /// What is wrong with a secret-key object as an AES-256 root key, from the token's own attributes: empty when
+    /// it is AES with a 32-byte value, sensitive and not extractable.
+    public static func aes256Problems(of object: CK_OBJECT_HANDLE, in session: Session) throws(PKCS11Error) -> [String] {
+        var problems: [String] = []
+        if try session.ulongAttribute(CKA_KEY_TYPE, of: object) != CK_ULONG(CKK_AES) { problems.append("not an AES key") }
+        if let length = try session.ulongAttribute(CKA_VALUE_LEN, of: object) {
+            if length != 32 { problems.append("value is \(length) bytes, not 32") }
+        } else {
+            problems.append("value length unknown")
+        }
+        if try session.boolAttribute(CKA_SENSITIVE, of: object) != true { problems.append("not sensitive") }
+        if try session.boolAttribute(CKA_EXTRACTABLE, of: object) != false { problems.append("extractable") }
+        return problems
+    }
+
+    /// The handle of the token's secret key with CKA_ID `id`, cached for the current handle epoch; looked up (and its
+    /// attributes checked again: the object behind an id may have changed) when not cached. Nil when absent.
+    /// `name` names the key in errors. Call inside `withSession`.
+    public func keyHandle(id: [UInt8], name: String, in session: Session) throws(PKCS11Error) -> CK_OBJECT_HANDLE? {
+        let epoch = handleEpoch
+        if let cached = keyHandles.get(id, epoch: epoch) { return cached }
+        let objects = try session.findObjects(Token.secretKeyTemplate + [.bytes(CKA_ID, id)])
+        guard let handle = objects.first else { return nil }
+        guard objects.count == 1 else {
+            throw PKCS11Error(.object("root key \(name) is invalid: CKA_ID shared with another object; it is never used"))
+        }
+        let problems = try Token.aes256Problems(of: handle, in: session)
+        guard problems.isEmpty else {
+            throw PKCS11Error(.object("root key \(name) is invalid: \(problems.joined(separator: ", ")); it is never used"))
+        }
+        keyHandles.store([(id, handle)], epoch: epoch)
+        return handle
+    }
+
+    /// Runs `body` with a session and the handle of the key with CKA_ID `id`: its session copy when `copy` (the fast
+    /// path, see `SessionKeyCopies`), else the token object. A copy the module calls stale or not permitted is
+    /// dropped and `body` runs once more with the token object, the authority. When the token says the token
+    /// object's handle is stale, it is looked up again and `body` runs once more in the same session. If the key
+    /// cannot be found again (e.g. the session lost its login, which hides private objects), the stale-handle error
+    /// goes to `withSession`, which retries with a checked login. A key missing from a token that should hold it is
+    /// first checked against a storage outage (`confirmPresent`).
+    public func withKey<T>(id: [UInt8], name: String, copy: Bool, deadline: ContinuousClock.Instant?,
+                           _ body: (Session, CK_OBJECT_HANDLE) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+        try withSession(deadline: deadline) { (session) throws(PKCS11Error) -> T in
+            let epoch = handleEpoch
+            guard let handle = try keyHandle(id: id, name: name, in: session) else {
+                try confirmPresent(session)
+                throw PKCS11Error(.object("root key \(name) is not in the token"))
+            }
+            let object = copy ? sessionKeyCopies.handle(for: id, tokenObject: handle, session: session, epoch: epoch) : handle
+            do throws(PKCS11Error) {
+                return try body(session, object)
+            } catch {
+                var failure = error
+                if object != handle, failure.isStaleHandle || failure.failure == .keyDisabled {
+                    // A copy made in the instant a key was retired inherits CKA_DECRYPT=false and would outlive a restore.
+                    sessionKeyCopies.forget(id, epoch: epoch)
+                    do throws(PKCS11Error) {
+                        return try body(session, handle)
+                    } catch {
+                        failure = error
+                    }
+                }
+                guard failure.isStaleHandle else { throw failure }
+                keyHandles.forget(id)
+                guard let fresh = try? keyHandle(id: id, name: name, in: session), fresh != handle else {
+                    try confirmPresent(session)
+                    throw failure
+                }
+                do throws(PKCS11Error) {
+                    return try body(session, fresh)
+                } catch let again {
+                    if again.isStaleHandle { keyHandles.forget(id) }
+                    throw again
+                }
+            }
+        }
+    }
+}
+
+extension PKCS11Error {
+    /// The token no longer knows an object handle (it was renumbered or the object is gone).
+    var isStaleHandle: Bool { rv == UInt(CKR_KEY_HANDLE_INVALID) || rv == UInt(CKR_OBJECT_HANDLE_INVALID) }
+}
