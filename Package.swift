@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "Lifecycle"),
         // libcrypto: PBKDF2 for the record of a rejected PIN (p11kms/PINRejectionRecord.swift).
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
-        .target(name: "PKCS11", dependencies: ["CPKCS11"]),
+        .target(name: "PKCS11", dependencies: ["CPKCS11", "Lifecycle"]),
         .target(name: "KeyService", dependencies: ["PKCS11", "CPKCS11"]),
         .target(name: "KMSServer", dependencies: [
             "GRPCTransport", "KeyService", "KMSProto", "PKCS11",

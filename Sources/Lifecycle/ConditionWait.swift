@@ -48,18 +48,23 @@ public final class ConditionWait: @unchecked Sendable {
                 pthread_cond_wait(cond, mutex)
                 continue
             }
-            let remaining = deadline - .now
-            if remaining <= .zero { return ready() }
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            let (seconds, attoseconds) = remaining.components
-            var nanoseconds = Int(now.tv_nsec) + Int(attoseconds / 1_000_000_000)
-            var wholeSeconds = Int(now.tv_sec) + Int(seconds)
-            wholeSeconds += nanoseconds / 1_000_000_000
-            nanoseconds %= 1_000_000_000
-            var until = timespec(tv_sec: wholeSeconds, tv_nsec: nanoseconds)
-            pthread_cond_timedwait(cond, mutex, &until)
+            if !waitLocked(until: deadline) { return ready() }
         }
+        return true
+    }
+
+    /// One wait for a signal, at most until `deadline`, for a caller inside `withLock` that re-checks its own
+    /// condition; false when the deadline had already passed (nothing was waited for).
+    public func waitLocked(until deadline: ContinuousClock.Instant) -> Bool {
+        let remaining = deadline - .now
+        if remaining <= .zero { return false }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let (seconds, attoseconds) = remaining.components
+        let nanoseconds = Int(now.tv_nsec) + Int(attoseconds / 1_000_000_000)
+        var until = timespec(tv_sec: Int(now.tv_sec) + Int(seconds) + nanoseconds / 1_000_000_000,
+                             tv_nsec: nanoseconds % 1_000_000_000)
+        pthread_cond_timedwait(cond, mutex, &until)
         return true
     }
 

@@ -1,4 +1,5 @@
 import CPKCS11
+import Lifecycle
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,12 +19,12 @@ public final class PKCS11Module: @unchecked Sendable {
     let functions: UnsafeMutablePointer<CK_FUNCTION_LIST>
     /// Held shared by every PKCS#11 call, exclusively while the library is re-initialised.
     let lifetime = ReadWriteLock()
-    private let state = ConditionLock()
+    private let state = ConditionWait()
     private var _generation: UInt64 = 1
     private var initialized = true
 
     nonisolated(unsafe) private static var loaded: [String: PKCS11Module] = [:]
-    private static let registryLock = ConditionLock()
+    private static let registryLock = ConditionWait()
 
     /// Loads (once per process) the module at `path` and calls `C_Initialize` with OS locking.
     public static func load(path: String) throws(PKCS11Error) -> PKCS11Module {

@@ -1,4 +1,5 @@
 import CPKCS11
+import Lifecycle
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -34,7 +35,7 @@ public struct TokenConfiguration: Sendable, CustomStringConvertible {
 /// and retries once; a rejected PIN is never tried again.
 // `@unchecked Sendable`, and why that is sound: every mutable stored property (`module`, `slot`,
 // `sessionGeneration`, `idle`, `openCount`, `pinRejected`, `logins`, `lastReconnect`) is read and written only
-// inside `lock.withLock` (a pthread mutex; a condition lock because callers wait for a free session, which
+// inside `lock.withLock` (Lifecycle's ConditionWait: a pthread mutex and condition, because callers wait for a free session, which
 // `Mutex` cannot do); the other stored properties are `let` and Sendable. A `Session` taken from `idle` is lent to
 // one caller at a time.
 public final class Token: @unchecked Sendable {
@@ -43,7 +44,7 @@ public final class Token: @unchecked Sendable {
     public let sessionKeyCopies = SessionKeyCopies()
     /// Handles of the keys found in the token (see `keyHandle(id:name:in:)`).
     public let keyHandles = KeyHandleCache()
-    private let lock = ConditionLock()
+    private let lock = ConditionWait()
     private var module: PKCS11Module?
     private var slot: CK_SLOT_ID?
     private var sessionGeneration: UInt64 = 0
@@ -203,7 +204,7 @@ public final class Token: @unchecked Sendable {
                     openCount += 1
                     return nil
                 }
-                guard lock.wait(until: waitUntil) else {
+                guard lock.waitLocked(until: waitUntil) else {
                     throw PKCS11Error(.noFreeSession(waited: ContinuousClock.now - waitStarted))
                 }
             }
@@ -214,7 +215,7 @@ public final class Token: @unchecked Sendable {
         } catch {
             lock.withLock {
                 openCount -= 1
-                lock.broadcast()
+                lock.signalAllLocked()
             }
             throw error
         }
@@ -255,7 +256,7 @@ public final class Token: @unchecked Sendable {
             } else {
                 openCount = max(0, openCount - 1)
             }
-            lock.broadcast()
+            lock.signalAllLocked()
         }
     }
 
@@ -263,7 +264,7 @@ public final class Token: @unchecked Sendable {
         session.close()
         lock.withLock {
             openCount = max(0, openCount - 1)
-            lock.broadcast()
+            lock.signalAllLocked()
         }
     }
 
