@@ -18,6 +18,8 @@ if [ ! -f "$SOFTHSM2_CONF" ]; then
   printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
     "$run/softhsm/tokens" > "$SOFTHSM2_CONF"
 fi
+# p11kms's own state (rotation lock, PIN-rejection record, key history, token backups) stays under ./run too.
+export P11KMS_STATE_DIR=${P11KMS_STATE_DIR:-$run/state}
 label=${P11KMS_TOKEN_LABEL:-p11kms}
 if [ ! -s "$run/pin" ]; then
   (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$run/pin")
