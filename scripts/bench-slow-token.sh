@@ -10,20 +10,7 @@ seconds=${1:-5}
 delay=${2:-2}
 sessions_list=${3:-"8 32"}
 inflight_list=${4:-"16 64"}
-scripts/install-deps.sh
-swift build -c release --product p11kms >&2
-swift build -c release --product P11KMSBench >&2
-swift build -c release --product FaultPKCS11 >&2
-bin=$(swift build -c release --show-bin-path)
-
-work=$(mktemp -d /tmp/p11kms-slowbench-XXXXXX)
-trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-mkdir -p "$work/tokens"
-printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/tokens" > "$work/softhsm2.conf"
-export SOFTHSM2_CONF="$work/softhsm2.conf"
-(umask 077; echo "bench-pin-$RANDOM" > "$work/pin")
-softhsm2-util --init-token --free --label bench --so-pin so-pin-0 --pin "$(cat "$work/pin")" >/dev/null
-"$bin/p11kms" init --token-label bench --pin-file "$work/pin" >/dev/null 2>&1
+BENCH_PRODUCTS=FaultPKCS11 . scripts/bench-token.sh
 printf 'delay C_Encrypt %s\ndelay C_Decrypt %s\n' "$delay" "$delay" > "$work/plan"
 export FAULTPKCS11_MODULE=/usr/lib/softhsm/libsofthsm2.so FAULTPKCS11_CONTROL="$work/plan" FAULTPKCS11_LOG=/dev/null
 

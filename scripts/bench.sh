@@ -11,19 +11,7 @@ cd "$(dirname "$0")/.."
 threads=${1:-16}
 seconds=${2:-5}
 shift $(( $# > 2 ? 2 : $# )) || true
-scripts/install-deps.sh
-swift build -c release --product p11kms >&2
-swift build -c release --product P11KMSBench >&2
-bin=$(swift build -c release --show-bin-path)
-
-work=$(mktemp -d /tmp/p11kms-bench-XXXXXX)
-trap 'kill $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-mkdir -p "$work/tokens"
-printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/tokens" > "$work/softhsm2.conf"
-export SOFTHSM2_CONF="$work/softhsm2.conf"
-(umask 077; echo "bench-pin-$RANDOM" > "$work/pin")
-softhsm2-util --init-token --free --label bench --so-pin so-pin-0 --pin "$(cat "$work/pin")" >/dev/null
-"$bin/p11kms" init --token-label bench --pin-file "$work/pin" >/dev/null 2>&1
+. scripts/bench-token.sh
 first=1
 for copies in ${BENCH_COPIES:-true false}; do
   echo "== plugin with --session-key-copies=$copies"

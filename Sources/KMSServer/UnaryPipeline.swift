@@ -38,8 +38,8 @@ struct UnaryPipeline: Sendable {
                 metrics.record(method: method, outcome: .invalidInput, since: started)
                 throw GRPCStatus(.invalidArgument, "malformed \(requestName)")
             }
-            var metadata = logExtra
-            metadata.merge(context(request)) { a, _ in a }
+            // Log metadata is built only when a line is written (a debug line, or a failure), never per call.
+            func metadata() -> Logger.Metadata { logExtra.merging(context(request)) { a, _ in a } }
             do throws(KMSError) {
                 if usesToken, let deadline = call.deadline, deadline <= .now {
                     serving.refused(path: call.method, .deadlineExpired)
@@ -55,12 +55,13 @@ struct UnaryPipeline: Sendable {
                 }
                 metrics.record(method: method, outcome: .success, since: started, keyID: output.keyID)
                 if logger.logLevel <= .debug {
-                    if let keyID = output.keyID { metadata["key_id"] = "\(keyID)" }
-                    logger.debug("\(method.lowercased())", metadata: metadata)
+                    var fields = metadata()
+                    if let keyID = output.keyID { fields["key_id"] = "\(keyID)" }
+                    logger.debug("\(method.lowercased())", metadata: fields)
                 }
                 return serialize(output.response)
             } catch {
-                throw reportFailure(method, error, since: started, metadata: metadata, metrics: metrics, health: health,
+                throw reportFailure(method, error, since: started, metadata: metadata(), metrics: metrics, health: health,
                                     logger: logger)
             }
         }
