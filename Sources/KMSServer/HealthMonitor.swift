@@ -125,8 +125,8 @@ public final class HealthMonitor: Service {
                             currentKeyID: service.keyRing.current?.keyID, lastSuccess: previous.lastSuccess)
         }
         // Report the silence this probe ends before its answer replaces it: a stall shorter than the watchdog's
-        // sampling period is still logged as 'not answering'.
-        notifyChange(keyChanged: false)
+        // sampling period is still logged as 'not answering'. (Not before the first answer: "starting" is no news.)
+        if state.withLock({ $0.lastAnswer != nil }) { notifyChange(keyChanged: false) }
         let callbacks = state.withLock { s in
             s.health = result
             s.lastAnswer = .now
