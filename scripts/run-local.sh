@@ -24,7 +24,8 @@ label=${P11KMS_TOKEN_LABEL:-p11kms}
 if [ ! -s "$run/pin" ]; then
   (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$run/pin")
 fi
-if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$label\$"; then
+# softhsm2-util pads labels with spaces: match the label as a whole word, padding allowed.
+if ! softhsm2-util --show-slots 2>/dev/null | grep -Eq "Label:[[:space:]]*$label[[:space:]]*\$"; then
   so_pin=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
   softhsm2-util --init-token --free --label "$label" --so-pin "$so_pin" --pin "$(cat "$run/pin")" >/dev/null
   echo "created SoftHSM token '$label' in $run/softhsm/tokens" >&2
