@@ -1,4 +1,3 @@
-import CPKCS11
 import PKCS11
 import Synchronization
 
@@ -69,19 +68,16 @@ public final class EncryptionBudget: Sendable {
 
     /// Every key's reserved count as stored in the token.
     public static func readAll(_ token: Token) throws(KMSError) -> [String: UInt64] {
-        do throws(PKCS11Error) {
-            return try token.withSession { (session) throws(PKCS11Error) -> [String: UInt64] in
+        try KMSError.mapping { () throws(PKCS11Error) -> [String: UInt64] in
+            try token.withObjects { (objects) throws(PKCS11Error) -> [String: UInt64] in
                 var out: [String: UInt64] = [:]
-                for object in try session.findObjects(dataTemplate) {
-                    guard let label = try session.attribute(CKA_LABEL, of: object).map({ String(decoding: $0, as: UTF8.self) }),
-                          label.hasPrefix(labelPrefix), let value = try session.attribute(CKA_VALUE, of: object),
-                          let count = UInt64(String(decoding: value, as: UTF8.self)) else { continue }
-                    out[String(label.dropFirst(labelPrefix.count))] = max(out[String(label.dropFirst(labelPrefix.count))] ?? 0, count)
+                for object in try objects.dataObjects(labelPrefix: labelPrefix) {
+                    guard let count = count(object) else { continue }
+                    let keyID = String(object.label.dropFirst(labelPrefix.count))
+                    out[keyID] = max(out[keyID] ?? 0, count)
                 }
                 return out
             }
-        } catch {
-            throw KMSError.token(error)
         }
     }
 
@@ -91,41 +87,29 @@ public final class EncryptionBudget: Sendable {
         try counter.write(id, reserved: try counter.read(id) + 1)
     }
 
-    static let dataTemplate: [Attribute] = [.ulong(CKA_CLASS, CK_ULONG(CKO_DATA)), .bool(CKA_TOKEN, true)]
+    private static func count(_ object: DataObject) -> UInt64? {
+        UInt64(String(decoding: object.value, as: UTF8.self))
+    }
 
     private func read(_ id: RootKeyID) throws(KMSError) -> UInt64 {
-        do throws(PKCS11Error) {
-            return try token.withSession { (session) throws(PKCS11Error) -> UInt64 in
-                var highest: UInt64 = 0
-                for object in try session.findObjects(EncryptionBudget.dataTemplate + [.string(CKA_LABEL, EncryptionBudget.labelPrefix + id.keyID)]) {
-                    if let value = try session.attribute(CKA_VALUE, of: object), let count = UInt64(String(decoding: value, as: UTF8.self)) {
-                        highest = max(highest, count)
-                    }
-                }
-                return highest
+        try KMSError.mapping { () throws(PKCS11Error) -> UInt64 in
+            try token.withObjects { (objects) throws(PKCS11Error) -> UInt64 in
+                try objects.dataObjects(labelPrefix: EncryptionBudget.labelPrefix + id.keyID, exact: true)
+                    .compactMap(EncryptionBudget.count).max() ?? 0
             }
-        } catch {
-            throw KMSError.token(error)
         }
     }
 
     private func write(_ id: RootKeyID, reserved: UInt64) throws(KMSError) {
         let label = EncryptionBudget.labelPrefix + id.keyID
-        let value = Array(String(reserved).utf8)
-        do throws(PKCS11Error) {
-            // A data object's CKA_VALUE cannot be changed (SoftHSM: CKR_ATTRIBUTE_READ_ONLY), so the new count is a
-            // new object and the older ones are deleted after it exists: killed in between, both are there and the
-            // higher one counts.
-            try token.withSession { (session) throws(PKCS11Error) in
-                let older = try session.findObjects(EncryptionBudget.dataTemplate + [.string(CKA_LABEL, label)])
-                let created = try session.createObject(EncryptionBudget.dataTemplate + [
-                    .bool(CKA_PRIVATE, true), .string(CKA_LABEL, label), .string(CKA_APPLICATION, "p11kms"),
-                    .bytes(CKA_VALUE, value),
-                ])
-                for object in older where object != created { try? session.destroyObject(object) }
+        // A data object's value cannot be changed, so the new count is a new object and the older ones are deleted
+        // after it exists: killed in between, both are there and the higher one counts.
+        try KMSError.mapping { () throws(PKCS11Error) in
+            try token.withObjects { (objects) throws(PKCS11Error) in
+                let older = try objects.dataObjects(labelPrefix: label, exact: true)
+                try objects.createDataObject(label: label, application: "p11kms", value: Array(String(reserved).utf8))
+                for object in older { try? objects.destroy(object) }
             }
-        } catch {
-            throw KMSError.token(error)
         }
     }
 }

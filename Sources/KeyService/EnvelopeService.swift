@@ -39,8 +39,8 @@ public final class EnvelopeService: Sendable {
         try budget?.consume(key.id)
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let header = Envelope.header(for: key.id)
-        let sealed = try withKey(key.id, deadline: deadline) { (session, handle) throws(PKCS11Error) in
-            try session.encryptAESGCM(key: handle, iv: iv, aad: header, plaintext: plaintext)
+        let sealed = try KMSError.mapping { () throws(PKCS11Error) in
+            try token.encryptAESGCM(reference(key.id), iv: iv, aad: header, plaintext: plaintext, deadline: deadline)
         }
         return (Envelope(keyID: key.id, iv: iv, sealed: sealed).serialized(), key)
     }
@@ -106,8 +106,9 @@ public final class EnvelopeService: Sendable {
 
     /// One AES-GCM decryption in the token, no analysis of failures.
     private func open(_ envelope: Envelope, deadline: ContinuousClock.Instant?) throws(KMSError) -> [UInt8] {
-        try withKey(envelope.keyID, deadline: deadline) { (session, handle) throws(PKCS11Error) in
-            try session.decryptAESGCM(key: handle, iv: envelope.iv, aad: envelope.header, ciphertext: envelope.sealed)
+        try KMSError.mapping { () throws(PKCS11Error) in
+            try token.decryptAESGCM(reference(envelope.keyID), iv: envelope.iv, aad: envelope.header,
+                                    ciphertext: envelope.sealed, deadline: deadline)
         }
     }
 
@@ -159,17 +160,10 @@ public final class EnvelopeService: Sendable {
         throw .invalid("unknown key_id \(id.keyID)")
     }
 
-    /// Runs `body` with a session and the key's handle (`Token.withKey`: lookup, stale-handle retries and, for the
-    /// current key, its session copy).
-    private func withKey<T>(_ id: RootKeyID, deadline: ContinuousClock.Instant?,
-                            _ body: (Session, ObjectHandle) throws(PKCS11Error) -> T) throws(KMSError) -> T {
-        // Only the current key runs with a copy: every Encrypt and most Decrypts. Older keys run with their token
-        // objects, so that a retire (which needs a non-current key) is refused by the token at once.
-        let copy = keyRing.key(id)?.state == .current
-        do throws(PKCS11Error) {
-            return try token.withKey(id: id.bytes, name: id.keyID, copy: copy, deadline: deadline, body)
-        } catch {
-            throw KMSError.token(error)
-        }
+    /// The key as the token layer runs it (`Token.withKey`: lookup, stale-handle retries, and for the current key
+    /// its session copy). Only the current key runs with a copy: every Encrypt and most Decrypts. Older keys run
+    /// with their token objects, so that a retire (which needs a non-current key) is refused by the token at once.
+    private func reference(_ id: RootKeyID) -> KeyReference {
+        KeyReference(id: id.bytes, name: id.keyID, sessionCopy: keyRing.key(id)?.state == .current)
     }
 }

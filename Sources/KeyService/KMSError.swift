@@ -40,6 +40,15 @@ public struct KMSError: TokenCallError, Sendable, Equatable, CustomStringConvert
     /// `KMSError.token(_:)`, for `Token.withSession` bodies that throw `KMSError`.
     public init(tokenError: PKCS11Error) { self = KMSError.token(tokenError) }
 
+    /// Runs a token call, mapping its error with `token(_:)`.
+    public static func mapping<T>(_ body: () throws(PKCS11Error) -> T) throws(KMSError) -> T {
+        do throws(PKCS11Error) {
+            return try body()
+        } catch {
+            throw KMSError.token(error)
+        }
+    }
+
     /// Maps a token error: outages become `unavailable` with the failing call's name, nothing else.
     public static func token(_ error: PKCS11Error) -> KMSError {
         var mapped: KMSError

@@ -1,32 +1,9 @@
-import CPKCS11
 import PKCS11
 #if canImport(Glibc)
 import Glibc
 #endif
 
 extension KeyRing {
-    /// The attributes of every root key: AES-256 generated inside the token, persistent, private, sensitive,
-    /// never extractable, encrypt/decrypt only.
-    static func rootKeyTemplate(id: RootKeyID, label: String) -> [Attribute] {
-        aesKeyTemplate + [
-            .ulong(CKA_VALUE_LEN, 32),
-            .bool(CKA_TOKEN, true),
-            .bool(CKA_PRIVATE, true),
-            .bool(CKA_SENSITIVE, true),
-            .bool(CKA_EXTRACTABLE, false),
-            .bool(CKA_ENCRYPT, true),
-            .bool(CKA_DECRYPT, true),
-            .bool(CKA_WRAP, false),
-            .bool(CKA_UNWRAP, false),
-            .bool(CKA_SIGN, false),
-            .bool(CKA_VERIFY, false),
-            .bool(CKA_DERIVE, false),
-            .bool(CKA_MODIFIABLE, true),
-            .string(CKA_LABEL, label),
-            .bytes(CKA_ID, id.bytes),
-        ]
-    }
-
     /// Makes sure a current key exists: returns it, or generates the first one. Idempotent.
     public func initialize() throws(KMSError) -> (key: RootKey, created: Bool) {
         do throws(PKCS11Error) {
@@ -50,25 +27,29 @@ extension KeyRing {
     /// stage, copy the token to every node, then run `rotate` on each copy, which promotes the staged key.
     public func rotate(now: Int = Int(time(nil)), stageOnly: Bool = false) throws(KMSError) -> RootKey {
         do throws(PKCS11Error) {
-            let id = try token.withSession { (session) throws(PKCS11Error) -> RootKeyID in
-                let scan = try KeyRing.readKeys(session)
+            let id = try token.withObjects { (objects) throws(PKCS11Error) -> RootKeyID in
+                let scan = try KeyRing.readKeys(objects)
                 let existing = scan.keys
                 if let pending = existing.last(where: { $0.key.state == .pending }),
                    pending.key.generation > (existing.filter { $0.key.state != .pending }.map(\.key.generation).max() ?? 0),
-                   (try? KeyRing.verify(pending.handle, session: session)) == true {
-                    if !stageOnly { try KeyRing.promote(pending.key, handle: pending.handle, session: session) }
+                   (try? KeyRing.verify(pending.object, in: objects)) == true {
+                    if !stageOnly { try KeyRing.promote(pending.key, object: pending.object, in: objects) }
                     return pending.key.id
                 }
                 let generation = scan.highestGeneration + 1
                 let id = RootKeyID.random()
                 let pendingLabel = RootKey.label(generation: generation, createdAt: now, pending: true)
-                let handle = try session.generateKey(
-                    mechanism: CK_MECHANISM_TYPE(CKM_AES_KEY_GEN), template: KeyRing.rootKeyTemplate(id: id, label: pendingLabel))
-                guard try KeyRing.verify(handle, session: session) else {
+                // AES-256 generated inside the token: persistent, private, sensitive, never extractable,
+                // encrypt/decrypt only (`KeyObjects.generateAES256Key`).
+                let object = try objects.generateAES256Key(id: id.bytes, label: pendingLabel)
+                guard object.problems.isEmpty else {
+                    throw PKCS11Error(.object("the token made the new root key \(id.keyID) unusable (\(object.problems.joined(separator: ", "))); it was left pending"))
+                }
+                guard try KeyRing.verify(object, in: objects) else {
                     throw PKCS11Error(.object("the new root key failed its AES-GCM self-test; it was left pending"))
                 }
                 let key = RootKey(id: id, label: pendingLabel, generation: generation, createdAt: now, state: .pending)
-                if !stageOnly { try KeyRing.promote(key, handle: handle, session: session) }
+                if !stageOnly { try KeyRing.promote(key, object: object, in: objects) }
                 return id
             }
             try refresh()
@@ -85,18 +66,18 @@ extension KeyRing {
     }
 
     /// Relabels a verified pending key with its final label: the single write that makes it current.
-    static func promote(_ key: RootKey, handle: CK_OBJECT_HANDLE, session: Session) throws(PKCS11Error) {
-        try session.setAttributes([.string(CKA_LABEL, RootKey.label(generation: key.generation, createdAt: key.createdAt))], of: handle)
+    static func promote(_ key: RootKey, object: SecretKeyObject, in objects: KeyObjects) throws(PKCS11Error) {
+        try objects.relabel(object, to: RootKey.label(generation: key.generation, createdAt: key.createdAt))
     }
 
-    /// A real AES-GCM round trip under `handle`.
-    static func verify(_ handle: CK_OBJECT_HANDLE, session: Session) throws(PKCS11Error) -> Bool {
+    /// A real AES-GCM round trip under `object`.
+    static func verify(_ object: SecretKeyObject, in objects: KeyObjects) throws(PKCS11Error) -> Bool {
         var probe = SecureRandom.bytes(32)
         defer { Zeroize.bytes(&probe) }
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let aad = Array("p11kms self-test".utf8)
-        let sealed = try session.encryptAESGCM(key: handle, iv: iv, aad: aad, plaintext: probe)
-        var opened = try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: sealed)
+        let sealed = try objects.encryptAESGCM(object, iv: iv, aad: aad, plaintext: probe)
+        var opened = try objects.decryptAESGCM(object, iv: iv, aad: aad, ciphertext: sealed)
         defer { Zeroize.bytes(&opened) }
         return opened == probe
     }

@@ -1,4 +1,3 @@
-import CPKCS11
 import PKCS11
 import Synchronization
 
@@ -38,17 +37,15 @@ public final class KeyRing: Sendable {
     @discardableResult
     public func refresh() throws(PKCS11Error) -> Bool {
         let known = state.withLock { Set($0.keys.map(\.id)) }
-        let (found, epoch) = try token.withSession { (session) throws(PKCS11Error) in
-            let epoch = token.handleEpoch
-            let found = try KeyRing.readKeys(session)
-            if !known.isSubset(of: found.keys.map(\.key.id)) { try token.confirmPresent(session) }
+        let found = try token.withObjects { (objects) throws(PKCS11Error) -> Scan in
+            let found = try KeyRing.readKeys(objects)
+            if !known.isSubset(of: found.keys.map(\.key.id)) { try objects.confirmPresent() }
             // The token object is the authority: only the current key runs with a session copy, so the copy of a
             // key that was rotated away (and may be retired next), destroyed or is gone stops here.
-            token.sessionKeyCopies.keep(only: Set(found.keys.filter { $0.key.state == .current }.map(\.key.id.bytes)), epoch: epoch)
-            return (found, epoch)
+            objects.remember(usable: found.keys.map(\.object), unusable: found.invalid.map(\.object),
+                             keepCopiesOf: Set(found.keys.filter { $0.key.state == .current }.map(\.key.id.bytes)))
+            return found
         }
-        token.keyHandles.store(found.keys.map { ($0.key.id.bytes, $0.handle) }, epoch: epoch)
-        for bad in found.invalid { if let id = bad.key.id { token.keyHandles.forget(id.bytes) } }
         return state.withLock { state in
             let keys = found.keys.map(\.key)
             let invalid = found.invalid.map(\.key)
@@ -60,30 +57,11 @@ public final class KeyRing: Sendable {
         }
     }
 
-    /// The object handle of `id` (`Token.keyHandle`: cached per handle epoch, attributes checked on lookup).
-    /// Call it inside `token.withSession`.
-    public func handle(of id: RootKeyID, in session: Session) throws(PKCS11Error) -> CK_OBJECT_HANDLE? {
-        try token.keyHandle(id: id.bytes, name: id.keyID, in: session)
-    }
-
-    /// Forgets a cached handle.
-    public func forgetHandle(of id: RootKeyID) {
-        token.keyHandles.forget(id.bytes)
-    }
-
-    static let aesKeyTemplate: [Attribute] = [
-        .ulong(CKA_CLASS, CK_ULONG(CKO_SECRET_KEY)),
-        .ulong(CKA_KEY_TYPE, CK_ULONG(CKK_AES)),
-    ]
-
-    /// Every secret key, whatever its type: an object labelled like a root key but of another type is reported.
-    static var secretKeyTemplate: [Attribute] { Token.secretKeyTemplate }
-
     /// The root-key objects of the token: the usable keys with their state, oldest generation first, and the
     /// objects labelled like root keys that the token does not describe as one (see `InvalidRootKey`).
     struct Scan {
-        var keys: [(key: RootKey, handle: CK_OBJECT_HANDLE)]
-        var invalid: [(key: InvalidRootKey, handle: CK_OBJECT_HANDLE)]
+        var keys: [(key: RootKey, object: SecretKeyObject)]
+        var invalid: [(key: InvalidRootKey, object: SecretKeyObject)]
 
         /// The highest generation of any root-key object, usable or not: a new key always gets a higher one.
         var highestGeneration: Int {
@@ -91,7 +69,7 @@ public final class KeyRing: Sendable {
         }
 
         /// The usable key `id`, or an error naming why there is none.
-        func usable(_ id: RootKeyID) throws(KMSError) -> (key: RootKey, handle: CK_OBJECT_HANDLE) {
+        func usable(_ id: RootKeyID) throws(KMSError) -> (key: RootKey, object: SecretKeyObject) {
             if let found = keys.first(where: { $0.key.id == id }) { return found }
             if let bad = invalid.first(where: { $0.key.id == id }) {
                 throw KMSError(.failedPrecondition, "\(bad.key); it is never used")
@@ -103,46 +81,45 @@ public final class KeyRing: Sendable {
     /// Every object labelled like a p11kms root key, sorted into usable keys (with their state) and invalid ones.
     /// A key is usable only if the token says it is AES-256, sensitive and not extractable, and no other root-key
     /// object has its `CKA_ID`; the current key is the newest usable key that is neither pending nor retired.
-    static func readKeys(_ session: Session) throws(PKCS11Error) -> Scan {
+    static func readKeys(_ objects: KeyObjects) throws(PKCS11Error) -> Scan {
         struct Found {
-            var id: RootKeyID?; var label: String; var generation: Int; var created: Int; var pending: Bool
-            var decrypt: Bool; var problems: [String]; var handle: CK_OBJECT_HANDLE
+            var id: RootKeyID?; var generation: Int; var created: Int; var pending: Bool
+            var problems: [String]; var object: SecretKeyObject
         }
         var found: [Found] = []
         var idCounts: [RootKeyID: Int] = [:]
-        for object in try session.findObjects(secretKeyTemplate) {
-            guard let labelBytes = try session.attribute(CKA_LABEL, of: object) else { continue }
-            let label = String(decoding: labelBytes, as: UTF8.self)
-            guard let parsed = RootKey.parseLabel(label) else { continue }
-            var problems = try Token.aes256Problems(of: object, in: session)
-            let id = try session.attribute(CKA_ID, of: object).flatMap(RootKeyID.init(bytes:))
+        for object in try objects.secretKeys(labelled: { RootKey.parseLabel($0) != nil }) {
+            guard let parsed = RootKey.parseLabel(object.label) else { continue }
+            var problems = object.problems
+            let id = object.id.flatMap(RootKeyID.init(bytes:))
             if let id { idCounts[id, default: 0] += 1 } else { problems.append("CKA_ID is not \(RootKeyID.byteCount) bytes") }
-            let decrypt = try session.boolAttribute(CKA_DECRYPT, of: object) ?? false
-            found.append(Found(id: id, label: label, generation: parsed.generation, created: parsed.createdAt,
-                               pending: parsed.pending, decrypt: decrypt, problems: problems, handle: object))
+            found.append(Found(id: id, generation: parsed.generation, created: parsed.createdAt, pending: parsed.pending,
+                               problems: problems, object: object))
         }
         for index in found.indices {
             if let id = found[index].id, idCounts[id, default: 0] > 1 {
                 found[index].problems.append("CKA_ID shared with another root key object")
             }
         }
-        let invalid = found.filter { !$0.problems.isEmpty }.sorted { ($0.generation, $0.label) < ($1.generation, $1.label) }.map {
-            (key: InvalidRootKey(label: $0.label, id: $0.id, generation: $0.generation, createdAt: $0.created, problems: $0.problems),
-             handle: $0.handle)
+        let invalid = found.filter { !$0.problems.isEmpty }.sorted { ($0.generation, $0.object.label) < ($1.generation, $1.object.label) }.map {
+            (key: InvalidRootKey(label: $0.object.label, id: $0.id, generation: $0.generation, createdAt: $0.created,
+                                 problems: $0.problems),
+             object: $0.object)
         }
         var usable = found.filter { $0.problems.isEmpty }
         usable.sort { ($0.generation, $0.id!) < ($1.generation, $1.id!) }
-        let currentIndex = usable.lastIndex { !$0.pending && $0.decrypt }
+        let currentIndex = usable.lastIndex { !$0.pending && $0.object.decryptEnabled }
         let keys = usable.enumerated().map { index, f in
             let state: RootKeyState
             if f.pending {
                 state = .pending
-            } else if !f.decrypt {
+            } else if !f.object.decryptEnabled {
                 state = .retired
             } else {
                 state = index == currentIndex ? .current : .active
             }
-            return (key: RootKey(id: f.id!, label: f.label, generation: f.generation, createdAt: f.created, state: state), handle: f.handle)
+            return (key: RootKey(id: f.id!, label: f.object.label, generation: f.generation, createdAt: f.created, state: state),
+                    object: f.object)
         }
         return Scan(keys: keys, invalid: invalid)
     }

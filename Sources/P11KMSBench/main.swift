@@ -70,11 +70,8 @@ let aad = Array("p11kms bench".utf8)
 func rawPairs(_ name: String, sessionCopy: Bool) -> Run {
     measure(name, threads: threads, seconds: seconds) { _ in
         let iv = SecureRandom.bytes(12)
-        let opened = try? token.withSession { (session) throws(PKCS11Error) -> [UInt8] in
-            guard let tokenObject = try ring.handle(of: current.id, in: session) else { throw PKCS11Error(.object("no key")) }
-            let handle = sessionCopy
-                ? token.sessionKeyCopies.handle(for: current.id.bytes, tokenObject: tokenObject, session: session, epoch: token.handleEpoch)
-                : tokenObject
+        let opened = try? token.withKey(id: current.id.bytes, name: current.keyID, copy: sessionCopy, deadline: nil) {
+            (session, handle) throws(PKCS11Error) -> [UInt8] in
             let sealed = try session.encryptAESGCM(key: handle, iv: iv, aad: aad, plaintext: seed)
             return try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: sealed)
         }

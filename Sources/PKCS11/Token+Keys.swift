@@ -20,36 +20,18 @@ public final class KeyHandleCache: Sendable {
 }
 
 extension Token {
-    /// Token objects only: the session copies (`SessionKeyCopies`) are found otherwise.
-    public static let secretKeyTemplate: [Attribute] = [.ulong(CKA_CLASS, CK_ULONG(CKO_SECRET_KEY)), .bool(CKA_TOKEN, true)]
-
-    /// What is wrong with a secret-key object as an AES-256 root key, from the token's own attributes: empty when
-    /// it is AES with a 32-byte value, sensitive and not extractable.
-    public static func aes256Problems(of object: CK_OBJECT_HANDLE, in session: Session) throws(PKCS11Error) -> [String] {
-        var problems: [String] = []
-        if try session.ulongAttribute(CKA_KEY_TYPE, of: object) != CK_ULONG(CKK_AES) { problems.append("not an AES key") }
-        if let length = try session.ulongAttribute(CKA_VALUE_LEN, of: object) {
-            if length != 32 { problems.append("value is \(length) bytes, not 32") }
-        } else {
-            problems.append("value length unknown")
-        }
-        if try session.boolAttribute(CKA_SENSITIVE, of: object) != true { problems.append("not sensitive") }
-        if try session.boolAttribute(CKA_EXTRACTABLE, of: object) != false { problems.append("extractable") }
-        return problems
-    }
-
     /// The handle of the token's secret key with CKA_ID `id`, cached for the current handle epoch; looked up (and its
     /// attributes checked again: the object behind an id may have changed) when not cached. Nil when absent.
     /// `name` names the key in errors. Call inside `withSession`.
     public func keyHandle(id: [UInt8], name: String, in session: Session) throws(PKCS11Error) -> CK_OBJECT_HANDLE? {
         let epoch = handleEpoch
         if let cached = keyHandles.get(id, epoch: epoch) { return cached }
-        let objects = try session.findObjects(Token.secretKeyTemplate + [.bytes(CKA_ID, id)])
+        let objects = try session.findObjects(KeyObjects.secretKeyTemplate + [.bytes(CKA_ID, id)])
         guard let handle = objects.first else { return nil }
         guard objects.count == 1 else {
             throw PKCS11Error(.object("root key \(name) is invalid: CKA_ID shared with another object; it is never used"))
         }
-        let problems = try Token.aes256Problems(of: handle, in: session)
+        let problems = try KeyObjects.aes256Problems(of: handle, in: session)
         guard problems.isEmpty else {
             throw PKCS11Error(.object("root key \(name) is invalid: \(problems.joined(separator: ", ")); it is never used"))
         }
@@ -99,6 +81,39 @@ extension Token {
                     throw again
                 }
             }
+        }
+    }
+}
+
+/// A key to run AES-GCM with: its `CKA_ID`, its name for errors, and whether it runs with its session copy (the
+/// fast path, see `SessionKeyCopies`) or with the token object.
+public struct KeyReference: Sendable {
+    public let id: [UInt8]
+    public let name: String
+    public let sessionCopy: Bool
+
+    public init(id: [UInt8], name: String, sessionCopy: Bool) {
+        self.id = id
+        self.name = name
+        self.sessionCopy = sessionCopy
+    }
+}
+
+extension Token {
+    /// AES-GCM encryption under `key` (ciphertext‖tag), with `withKey`'s lookup and retries. The caller supplies a
+    /// fresh random IV for every call.
+    public func encryptAESGCM(_ key: KeyReference, iv: [UInt8], aad: [UInt8], plaintext: [UInt8],
+                              deadline: ContinuousClock.Instant?) throws(PKCS11Error) -> [UInt8] {
+        try withKey(id: key.id, name: key.name, copy: key.sessionCopy, deadline: deadline) { (session, handle) throws(PKCS11Error) in
+            try session.encryptAESGCM(key: handle, iv: iv, aad: aad, plaintext: plaintext)
+        }
+    }
+
+    /// AES-GCM decryption under `key`; a wrong tag, key or AAD fails with `TokenFailure.authenticationFailed`.
+    public func decryptAESGCM(_ key: KeyReference, iv: [UInt8], aad: [UInt8], ciphertext: [UInt8],
+                              deadline: ContinuousClock.Instant?) throws(PKCS11Error) -> [UInt8] {
+        try withKey(id: key.id, name: key.name, copy: key.sessionCopy, deadline: deadline) { (session, handle) throws(PKCS11Error) in
+            try session.decryptAESGCM(key: handle, iv: iv, aad: aad, ciphertext: ciphertext)
         }
     }
 }

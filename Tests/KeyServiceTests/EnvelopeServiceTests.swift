@@ -22,7 +22,9 @@ struct EnvelopeServiceTests {
         #expect(key.keyID.hasPrefix("p11kms-") && key.keyID.utf8.count == 39)
         struct Seen { var bools: [CK_ATTRIBUTE_TYPE: Bool?] = [:]; var valueRead: PKCS11Error?; var clearSensitive: PKCS11Error?; var setExtractable: PKCS11Error? }
         let seen = try service.token.withSession { (session) throws(PKCS11Error) -> Seen in
-            guard let handle = try service.keyRing.handle(of: key.id, in: session) else { throw PKCS11Error(.object("no key")) }
+            let found = try session.findObjects([.ulong(CK_ATTRIBUTE_TYPE(CKA_CLASS), CK_ULONG(CKO_SECRET_KEY)),
+                                                 .bool(CK_ATTRIBUTE_TYPE(CKA_TOKEN), true), .bytes(CK_ATTRIBUTE_TYPE(CKA_ID), key.id.bytes)])
+            guard found.count == 1, let handle = found.first else { throw PKCS11Error(.object("no key")) }
             var seen = Seen()
             for type in [CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE, CKA_ALWAYS_SENSITIVE,
                          CKA_LOCAL, CKA_WRAP, CKA_UNWRAP, CKA_ENCRYPT, CKA_DECRYPT] {
