@@ -39,6 +39,8 @@ public final class KMSMetrics: Sendable {
     private let sessionsOpen = Gauge(label: "p11kms_pkcs11_sessions_open")
     private let sessionsInUse = Gauge(label: "p11kms_pkcs11_sessions_in_use")
     private let keyStates: [RootKeyState: Gauge]
+    /// Objects labelled like root keys that are never used (`InvalidRootKey`): `p11kms_root_keys{state="invalid"}`.
+    private let invalidKeys = Gauge(label: "p11kms_root_keys", dimensions: [("state", "invalid")])
     private let probes: [Bool: Counter]
     private let inFlight = Gauge(label: "p11kms_grpc_calls_in_flight")
     private let copiesActive = Gauge(label: "p11kms_session_key_copies", dimensions: [("state", "active")])
@@ -97,7 +99,7 @@ public final class KMSMetrics: Sendable {
     }
 
     /// Refreshes the gauges that describe the current state (called before each scrape).
-    public func updateGauges(health: Health, token: Token, keys: [RootKey], inFlightCalls: Int) {
+    public func updateGauges(health: Health, token: Token, keys: [RootKey], invalidKeys: Int = 0, inFlightCalls: Int) {
         tokenHealthy.record(health.healthy ? 1 : 0)
         sessionsOpen.record(token.openSessions)
         sessionsInUse.record(token.sessionsInUse)
@@ -108,6 +110,7 @@ public final class KMSMetrics: Sendable {
         for (state, gauge) in keyStates {
             gauge.record(keys.filter { $0.state == state }.count)
         }
+        self.invalidKeys.record(invalidKeys)
         keySeries.describe(keys)
     }
 }
@@ -126,7 +129,7 @@ extension KMSMetrics {
         "p11kms_current_key_info": "1 for the root key that Encrypt uses now; no series for any other key.",
         "p11kms_root_key_info": "1 per root key in the token, labelled with its state (current, active, retired, pending).",
         "p11kms_root_key_created_timestamp_seconds": "Unix time at which a root key was generated (from its label in the token).",
-        "p11kms_root_keys": "Root keys in the token by state.",
+        "p11kms_root_keys": "Root keys in the token by state (invalid: objects labelled like root keys that are never used).",
         "p11kms_token_healthy": "1 when the token answered the last probe, 0 otherwise.",
         "p11kms_token_probes_total": "Token probes (key list read, canary round trip) by result.",
         "p11kms_pkcs11_sessions_open": "PKCS#11 sessions open.",

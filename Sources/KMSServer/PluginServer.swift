@@ -110,7 +110,8 @@ public final class PluginServer: Sendable {
             if let metricsText {
                 let capacity = configuration.workerThreads > 0 ? configuration.maxQueuedCalls : 0
                 routes["/metrics"] = {
-                    metrics.updateGauges(health: health.health, token: token, keys: ring.keys, inFlightCalls: server.inFlightCalls)
+                    metrics.updateGauges(health: health.health, token: token, keys: ring.keys, invalidKeys: ring.invalidKeys.count,
+                                         inFlightCalls: server.inFlightCalls)
                     serving.update(queued: server.queuedCalls, capacity: capacity, lastSuccessAge: health.lastSuccessAge)
                     return .init(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metricsText())
                 }

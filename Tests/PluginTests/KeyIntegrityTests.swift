@@ -18,7 +18,10 @@ struct KeyIntegrityTests {
     @Test("an extractable key and then a twin of the current key: Status names them, keys shows them invalid, never used")
     func invalidObjects() throws {
         let plugin = try PluginProcess(name: "integrity")
-        try plugin.start(["--http-listen", "off", "--probe-interval", "0.5"])
+        let port = freePort()
+        try plugin.start(["--http-listen", "127.0.0.1:\(port)", "--probe-interval", "0.5"])
+        let invalidSeries = "p11kms_root_keys{state=\"invalid\"}"
+        #expect(metricValue(try httpGet(port: port, path: "/metrics").body, invalidSeries) == 0)
         let client = try plugin.client()
         let seed = randomBytes(32)
         let wrapped = try client.encrypt(seed)
@@ -42,6 +45,7 @@ struct KeyIntegrityTests {
         #expect(stray["state"] as? String == "invalid" && stray["key_id"] as? String == "p11kms-\(strayHex)")
         #expect((stray["reason"] as? String)?.contains("extractable") == true)
         #expect(listed.first { $0["key_id"] as? String == plugin.initialKeyID }?["state"] as? String == "current")
+        #expect(metricValue(try httpGet(port: port, path: "/metrics").body, invalidSeries) == 1)
         let text = try plugin.run(["keys", "--http", "off"] + plugin.tokenArguments)
         #expect(text.stdout.contains("invalid") && text.stderr.contains(strayLabel))
 
@@ -55,6 +59,9 @@ struct KeyIntegrityTests {
         listed = try rows(plugin)
         let twins = listed.filter { $0["key_id"] as? String == plugin.initialKeyID }
         #expect(twins.count == 2 && twins.allSatisfy { $0["state"] as? String == "invalid" }, "\(listed)")
+        let metrics = try httpGet(port: port, path: "/metrics").body
+        #expect(metricValue(metrics, invalidSeries) == 3)
+        #expect(metricValue(metrics, "p11kms_root_keys{state=\"current\"}") == 0)
         #expect(plugin.process?.isRunning == true)
     }
 }
