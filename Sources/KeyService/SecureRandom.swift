@@ -1,18 +1,13 @@
-/// Bytes from the system CSPRNG (`SystemRandomNumberGenerator` reads the kernel's `getrandom` on Linux), used for
-/// GCM IVs and key identities.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bytes from the kernel's CSPRNG, used for GCM IVs, key identities and probes: glibc's `arc4random_buf` (glibc 2.36
+/// and later read `getrandom(2)` directly, one call per request, and abort rather than return weak bytes).
 public enum SecureRandom {
     public static func bytes(_ count: Int) -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
-        return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            var offset = 0
-            while offset < count {
-                var word = generator.next()
-                let n = min(8, count - offset)
-                withUnsafeBytes(of: &word) { raw in
-                    for i in 0..<n { buffer[offset + i] = raw[i] }
-                }
-                offset += n
-            }
+        [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if let base = buffer.baseAddress, count > 0 { arc4random_buf(base, count) }
             initialized = count
         }
     }
