@@ -40,7 +40,7 @@ public final class EnvelopeService: Sendable {
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let header = Envelope.header(for: key.id)
         let sealed = try KMSError.mapping { () throws(PKCS11Error) in
-            try token.encryptAESGCM(reference(key.id), iv: iv, aad: header, plaintext: plaintext, deadline: deadline)
+            try token.encryptAESGCM(reference(key), iv: iv, aad: header, plaintext: plaintext, deadline: deadline)
         }
         return (Envelope(keyID: key.id, iv: iv, sealed: sealed).serialized(), key)
     }
@@ -66,7 +66,7 @@ public final class EnvelopeService: Sendable {
         // interrupted rotation) was verified before anything could use it and may decrypt: during a staged rotation
         // across token copies, another node may already have made it current.
         do throws(KMSError) {
-            return (try open(envelope, deadline: deadline), key)
+            return (try open(envelope, key: key, deadline: deadline), key)
         } catch let error where error.code != .invalidArgument {
             return (try recoverDecryptFailure(error, envelope: envelope, key: key, deadline: deadline), key)
         }
@@ -88,9 +88,9 @@ public final class EnvelopeService: Sendable {
         // The probe is a data key in all but name: both copies this function owns are zeroed when it returns.
         var probe = SecureRandom.bytes(32)
         defer { Zeroize.bytes(&probe) }
-        let (ciphertext, _) = try encrypt(probe)
+        let (ciphertext, key) = try encrypt(probe)
         // Decrypted without `decrypt`'s failure analysis, which itself relies on the canary.
-        var opened = try open(try Envelope(parsing: ciphertext), deadline: nil)
+        var opened = try open(try Envelope(parsing: ciphertext), key: key, deadline: nil)
         defer { Zeroize.bytes(&opened) }
         guard opened == probe else { throw KMSError(.internal, "canary round trip returned different bytes") }
     }
@@ -105,9 +105,9 @@ public final class EnvelopeService: Sendable {
     }
 
     /// One AES-GCM decryption in the token, no analysis of failures.
-    private func open(_ envelope: Envelope, deadline: ContinuousClock.Instant?) throws(KMSError) -> [UInt8] {
+    private func open(_ envelope: Envelope, key: RootKey, deadline: ContinuousClock.Instant?) throws(KMSError) -> [UInt8] {
         try KMSError.mapping { () throws(PKCS11Error) in
-            try token.decryptAESGCM(reference(envelope.keyID), iv: envelope.iv, aad: envelope.header,
+            try token.decryptAESGCM(reference(key), iv: envelope.iv, aad: envelope.header,
                                     ciphertext: envelope.sealed, deadline: deadline)
         }
     }
@@ -129,7 +129,7 @@ public final class EnvelopeService: Sendable {
         default:
             throw error
         }
-        if let plaintext = try? open(envelope, deadline: deadline) { return plaintext }
+        if let plaintext = try? open(envelope, key: key, deadline: deadline) { return plaintext }
         let tokenWorks = canaryGate.recentResult(within: canaryGate.interval)
             ?? canaryGate.run { (try? canaryRoundTrip()) != nil }
             ?? true
@@ -163,7 +163,7 @@ public final class EnvelopeService: Sendable {
     /// The key as the token layer runs it (`Token.withKey`: lookup, stale-handle retries, and for the current key
     /// its session copy). Only the current key runs with a copy: every Encrypt and most Decrypts. Older keys run
     /// with their token objects, so that a retire (which needs a non-current key) is refused by the token at once.
-    private func reference(_ id: RootKeyID) -> KeyReference {
-        KeyReference(id: id.bytes, name: id.keyID, sessionCopy: keyRing.key(id)?.state == .current)
+    private func reference(_ key: RootKey) -> KeyReference {
+        KeyReference(id: key.id.bytes, name: key.keyID, sessionCopy: key.state == .current)
     }
 }

@@ -5,38 +5,52 @@ import Synchronization
 /// token computes the same current key from the keys' labels and `CKA_DECRYPT`.
 public final class KeyRing: Sendable {
     public let token: Token
-    private let state = Mutex(State())
+    /// The keys as last read, replaced whole at each refresh: a reader holds the lock only to take a reference
+    /// (every Encrypt and Decrypt reads it; copying arrays under the lock made 16 threads queue on it).
+    private let state = Mutex(Snapshot(keys: [], invalid: [], loaded: false))
 
-    private struct State {
-        var keys: [RootKey] = []
-        var invalid: [InvalidRootKey] = []
-        var loaded = false
+    private final class Snapshot: Sendable {
+        let keys: [RootKey]
+        let invalid: [InvalidRootKey]
+        let loaded: Bool
+        let current: RootKey?
+        let byID: [RootKeyID: RootKey]
+
+        init(keys: [RootKey], invalid: [InvalidRootKey], loaded: Bool) {
+            self.keys = keys
+            self.invalid = invalid
+            self.loaded = loaded
+            current = keys.last { $0.state == .current }
+            byID = Dictionary(keys.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        }
     }
+
+    private var snapshot: Snapshot { state.withLock { $0 } }
 
     public init(token: Token) {
         self.token = token
     }
 
     /// The keys as last read from the token, oldest first.
-    public var keys: [RootKey] { state.withLock { $0.keys } }
+    public var keys: [RootKey] { snapshot.keys }
 
     /// The current key as last read from the token.
-    public var current: RootKey? { state.withLock { $0.keys.last { $0.state == .current } } }
+    public var current: RootKey? { snapshot.current }
 
-    public func key(_ id: RootKeyID) -> RootKey? { state.withLock { $0.keys.first { $0.id == id } } }
+    public func key(_ id: RootKeyID) -> RootKey? { snapshot.byID[id] }
 
     /// Objects labelled like root keys that are never used (see `InvalidRootKey`), as last read from the token.
-    public var invalidKeys: [InvalidRootKey] { state.withLock { $0.invalid } }
+    public var invalidKeys: [InvalidRootKey] { snapshot.invalid }
 
     /// The invalid object with `id`, if any.
-    public func invalidKey(_ id: RootKeyID) -> InvalidRootKey? { state.withLock { $0.invalid.first { $0.id == id } } }
+    public func invalidKey(_ id: RootKeyID) -> InvalidRootKey? { snapshot.invalid.first { $0.id == id } }
 
     /// Reads the keys from the token again. Returns whether the list changed. Keys are never deleted, so when known
     /// keys are missing the token is first confirmed present: in a storage outage SoftHSM finds no objects, and the
     /// keys must not be forgotten (a later decrypt would call its ciphertext invalid instead of unavailable).
     @discardableResult
     public func refresh() throws(PKCS11Error) -> Bool {
-        let known = state.withLock { Set($0.keys.map(\.id)) }
+        let known = Set(snapshot.keys.map(\.id))
         let found = try token.withObjects { (objects) throws(PKCS11Error) -> Scan in
             let found = try KeyRing.readKeys(objects)
             if !known.isSubset(of: found.keys.map(\.key.id)) { try objects.confirmPresent() }
@@ -46,13 +60,12 @@ public final class KeyRing: Sendable {
                              keepCopiesOf: Set(found.keys.filter { $0.key.state == .current }.map(\.key.id.bytes)))
             return found
         }
+        let keys = found.keys.map(\.key)
+        let invalid = found.invalid.map(\.key)
+        let next = Snapshot(keys: keys, invalid: invalid, loaded: true)
         return state.withLock { state in
-            let keys = found.keys.map(\.key)
-            let invalid = found.invalid.map(\.key)
             let changed = keys != state.keys || invalid != state.invalid || !state.loaded
-            state.keys = keys
-            state.invalid = invalid
-            state.loaded = true
+            state = next
             return changed
         }
     }
