@@ -8,18 +8,17 @@ import Synchronization
 /// `withSession` inside another) can always take it shared again. An exclusive hold waits until no shared hold is
 /// left.
 ///
-/// The counts live in a `Mutex`; Lifecycle's `ConditionWait` only parks and wakes the threads that must wait. Every
-/// change a waiter waits for is followed by `signalAll()`, which takes the condition's mutex, and every waiter
-/// checks the counts while holding that mutex: no wake-up is lost.
+/// Taking and leaving a shared hold is one atomic operation each (every PKCS#11 call does both); only a thread that
+/// must wait touches Lifecycle's `ConditionWait`, which parks and wakes threads and guards nothing. No wake-up is
+/// lost: a waiter checks `word` while holding the condition's mutex and is parked atomically with releasing it, and
+/// whoever frees the lock does so before `signalAll()`, which takes that mutex. An exclusive waiter announces itself
+/// in `exclusiveWaiting` before it checks `word`, and the last shared hold reads `exclusiveWaiting` after it left
+/// (both sequentially consistent), so one of the two sees the other.
 final class SharedExclusiveLock: Sendable {
-    private struct State {
-        var shared = 0
-        var exclusive = false
-        /// Threads waiting for an exclusive hold: a shared hold that ends with none left wakes them.
-        var exclusiveWaiting = 0
-    }
-
-    private let state = Mutex(State())
+    /// Twice the number of shared holds, plus 1 while the lock is held exclusively.
+    private let word = Atomic<Int>(0)
+    /// Threads waiting for an exclusive hold.
+    private let exclusiveWaiting = Atomic<Int>(0)
     private let wakeup = ConditionWait()
 
     init() {}
@@ -28,11 +27,8 @@ final class SharedExclusiveLock: Sendable {
     func withShared<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         if !tryShared() { _ = wakeup.wait(until: nil) { tryShared() } }
         defer {
-            let wake = state.withLock { s -> Bool in
-                s.shared -= 1
-                return s.shared == 0 && s.exclusiveWaiting > 0
-            }
-            if wake { wakeup.signalAll() }
+            let left = word.subtract(2, ordering: .sequentiallyConsistent).newValue
+            if left == 0, exclusiveWaiting.load(ordering: .sequentiallyConsistent) > 0 { wakeup.signalAll() }
         }
         return try body()
     }
@@ -40,28 +36,27 @@ final class SharedExclusiveLock: Sendable {
     /// Runs `body` with the lock held exclusively (no other hold at the same time).
     func withExclusive<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         wakeup.withLock {
-            state.withLock { $0.exclusiveWaiting += 1 }
+            exclusiveWaiting.add(1, ordering: .sequentiallyConsistent)
             _ = wakeup.waitLocked(until: nil) {
-                state.withLock { s in
-                    guard s.shared == 0, !s.exclusive else { return false }
-                    s.exclusive = true
-                    s.exclusiveWaiting -= 1
-                    return true
-                }
+                word.compareExchange(expected: 0, desired: 1, ordering: .sequentiallyConsistent).exchanged
             }
+            exclusiveWaiting.subtract(1, ordering: .sequentiallyConsistent)
         }
         defer {
-            state.withLock { $0.exclusive = false }
+            word.subtract(1, ordering: .sequentiallyConsistent)
             wakeup.signalAll()
         }
         return try body()
     }
 
     private func tryShared() -> Bool {
-        state.withLock { s in
-            guard !s.exclusive else { return false }
-            s.shared += 1
-            return true
+        var current = word.load(ordering: .relaxed)
+        while current & 1 == 0 {
+            let (exchanged, found) = word.compareExchange(expected: current, desired: current + 2,
+                                                          ordering: .sequentiallyConsistent)
+            if exchanged { return true }
+            current = found
         }
+        return false
     }
 }

@@ -11,19 +11,17 @@ import Glibc
 /// and initialises the library again after a device loss (SoftHSM sees a returned token only after that).
 ///
 /// Plainly `Sendable`: the function list is kept by value (a version and C function pointers, all Sendable; the
-/// module was initialised with CKF_OS_LOCKING_OK, so its functions may be called from any thread), the generation in
-/// a `Mutex`, and `lifetime` is a lock.
+/// module was initialised with CKF_OS_LOCKING_OK, so its functions may be called from any thread), the generation and
+/// the initialised flag are atomics (read by every call, written only with `lifetime` held exclusively), and the
+/// registry of loaded modules is a `Mutex`.
 public final class PKCS11Module: Sendable {
     public let path: String
     /// The module's function table (`C_GetFunctionList`), copied: the module never changes it.
     let functions: CK_FUNCTION_LIST
     /// Held shared by every PKCS#11 call, exclusively while the library is re-initialised.
     let lifetime = SharedExclusiveLock()
-    private struct State {
-        var generation: UInt64 = 1
-        var initialized = true
-    }
-    private let state = Mutex(State())
+    private let _generation = Atomic<UInt64>(1)
+    private let initialized = Atomic<Bool>(true)
 
     /// Modules loaded so far, by path; one load at a time (`dlopen` and `C_Initialize` inside the lock).
     private static let loaded = Mutex<[String: PKCS11Module]>([:])
@@ -74,26 +72,24 @@ public final class PKCS11Module: Sendable {
     }
 
     /// Incremented by every re-initialisation: sessions and object handles of an older generation are invalid.
-    public var generation: UInt64 { state.withLock { $0.generation } }
+    public var generation: UInt64 { _generation.load(ordering: .acquiring) }
 
     /// `C_Finalize` then `C_Initialize`, unless another caller already did so since `generation` was read.
     /// Waits for every call in flight to finish first.
     public func reinitialize(ifGeneration seen: UInt64) throws(PKCS11Error) {
         try lifetime.withExclusive { () throws(PKCS11Error) in
-            let wasInitialized = state.withLock { s -> Bool? in
-                guard s.generation == seen else { return nil }
-                defer { s.initialized = false; s.generation += 1 }
-                return s.initialized
-            }
-            guard let wasInitialized else { return }
-            if wasInitialized { _ = functions.C_Finalize(nil) }
+            // Writers are serialised by the exclusive hold; the atomics only let readers see the result.
+            guard generation == seen else { return }
+            if initialized.load(ordering: .acquiring) { _ = functions.C_Finalize(nil) }
+            initialized.store(false, ordering: .releasing)
+            _generation.add(1, ordering: .acquiringAndReleasing)
             try PKCS11Module.initialize(functions)
-            state.withLock { $0.initialized = true }
+            initialized.store(true, ordering: .releasing)
         }
     }
 
     /// Whether the library is initialised (false after a failed re-initialisation).
-    public var isInitialized: Bool { state.withLock { $0.initialized } }
+    public var isInitialized: Bool { initialized.load(ordering: .acquiring) }
 
     /// The IDs of slots that hold a token.
     public func slotsWithToken() throws(PKCS11Error) -> [CK_SLOT_ID] {

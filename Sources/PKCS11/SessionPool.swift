@@ -9,9 +9,10 @@ import Synchronization
 /// the older generation (the library closed them; their handles may already name new sessions, so they are never
 /// closed again) and the count starts over. A session of an older generation that comes back is not counted twice.
 ///
-/// The count and the idle list live in a `Mutex`; Lifecycle's `ConditionWait` only parks the callers that wait. A
-/// waiter registers itself in the same `Mutex` section that found nothing free, while holding the condition's
-/// mutex, and whoever then frees a session signals through that mutex: no wake-up is lost.
+/// The count and the idle list live in a `ConditionLock` (Lifecycle): a pthread mutex, since every call takes it
+/// twice (waiters for a contended `Mutex` spin, which costs dearly when threads outnumber cores), with the condition
+/// the callers beyond the capacity wait on. A waiter registers itself in the same locked run that found
+/// nothing free, and whoever frees a session signals under that lock: no wake-up is lost.
 final class SessionPool: Sendable {
     /// What a checkout gives: an idle session, or the right to open one (the count already includes it; give it
     /// back with `cancelOpening(generation:)` if opening fails).
@@ -26,11 +27,13 @@ final class SessionPool: Sendable {
         var open = 0
         var waiting = 0
 
-        mutating func follow(_ generation: UInt64) {
-            guard self.generation != generation else { return }
+        /// True when the generation changed.
+        mutating func follow(_ generation: UInt64) -> Bool {
+            guard self.generation != generation else { return false }
             idle.removeAll()
             open = 0
             self.generation = generation
+            return true
         }
 
         mutating func take(capacity: Int) -> Checkout? {
@@ -42,8 +45,9 @@ final class SessionPool: Sendable {
     }
 
     let capacity: Int
-    private let state = Mutex(State())
-    private let wakeup = ConditionWait()
+    private let state = ConditionLock(State())
+    /// `State.generation`, for readers that need nothing else (every handle lookup): written under the lock.
+    private let currentGeneration = Atomic<UInt64>(0)
 
     init(capacity: Int) {
         self.capacity = max(1, capacity)
@@ -56,39 +60,29 @@ final class SessionPool: Sendable {
     var inUse: Int { state.withLock { $0.open - $0.idle.count } }
 
     /// The module generation of the sessions counted (0 before the first checkout).
-    var generation: UInt64 { state.withLock { $0.generation } }
+    var generation: UInt64 { currentGeneration.load(ordering: .acquiring) }
 
     /// An idle session of `generation` or the right to open one; waits for one to come back when all are lent out,
     /// until `deadline`, then fails with `noFreeSession`.
     func checkOut(generation: UInt64, until deadline: ContinuousClock.Instant) throws(PKCS11Error) -> Checkout {
-        if let taken = state.withLock({ s -> Checkout? in
-            s.follow(generation)
-            return s.take(capacity: capacity)
-        }) {
-            return taken
-        }
         let started = ContinuousClock.now
-        let taken = wakeup.withLock { () -> Checkout? in
-            var registered = false
-            while true {
-                let taken = state.withLock { s -> Checkout? in
-                    s.follow(generation)
-                    if let taken = s.take(capacity: capacity) {
-                        if registered { s.waiting -= 1 }
-                        return taken
-                    }
-                    if !registered { s.waiting += 1 }
-                    return nil
-                }
-                if let taken { return taken }
-                registered = true
-                guard wakeup.waitLocked(until: deadline) else {
-                    state.withLock { $0.waiting -= 1 }
-                    return nil
-                }
+        var registered = false
+        let taken = state.wait(until: deadline) { s -> Checkout? in
+            follow(generation, &s)
+            if let taken = s.take(capacity: capacity) {
+                if registered { s.waiting -= 1 }
+                return taken
             }
+            if !registered {
+                s.waiting += 1
+                registered = true
+            }
+            return nil
         }
-        guard let taken else { throw PKCS11Error(.noFreeSession(waited: ContinuousClock.now - started)) }
+        guard let taken else {
+            state.withLock { $0.waiting -= 1 }
+            throw PKCS11Error(.noFreeSession(waited: ContinuousClock.now - started))
+        }
         return taken
     }
 
@@ -116,11 +110,14 @@ final class SessionPool: Sendable {
         }
     }
 
+    private func follow(_ generation: UInt64, _ s: inout State) {
+        if s.follow(generation) { currentGeneration.store(generation, ordering: .releasing) }
+    }
+
     private func change(_ body: (inout State) -> Void) {
-        let wake = state.withLock { s -> Bool in
+        state.withLock { s in
             body(&s)
-            return s.waiting > 0
+            if s.waiting > 0 { state.signalAllLocked() }
         }
-        if wake { wakeup.signalAll() }
     }
 }

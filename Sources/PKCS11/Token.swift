@@ -31,10 +31,10 @@ public struct TokenConfiguration: Sendable, CustomStringConvertible {
 /// rules of `TokenRecovery`: a lost session or login is reopened and the call retried once; a lost device
 /// re-initialises the module and retries once; a rejected PIN is never tried again.
 ///
-/// Plainly `Sendable`, no lock of its own beyond one `Mutex`: the module and the slot are in `state`; the sessions,
-/// and the waiting for a free one, in `pool` (`SessionPool`); logins, the rejected PIN and the last
-/// re-initialisation in `recovery` (`TokenRecovery`). A `Session` taken from the pool is lent to one caller at a
-/// time.
+/// Plainly `Sendable`, with one `Mutex` of its own: the slot is in `state`, the module (loaded once, then never
+/// changed) in a write-once reference; the sessions, and the waiting for a free one, in `pool` (`SessionPool`);
+/// logins, the rejected PIN and the last re-initialisation in `recovery` (`TokenRecovery`). A `Session` taken from
+/// the pool is lent to one caller at a time.
 public final class Token: Sendable {
     public let configuration: TokenConfiguration
     /// Session-object copies of the keys in use (see `SessionKeyCopies`).
@@ -43,12 +43,12 @@ public final class Token: Sendable {
     public let keyHandles = KeyHandleCache()
 
     private struct State {
-        var module: PKCS11Module?
         /// The token's slot, found by label, valid in the module generation it was found in.
         var slot: (id: CK_SLOT_ID, generation: UInt64)?
     }
 
     private let state = Mutex(State())
+    private let module = AtomicLazyReference<PKCS11Module>()
     private let pool: SessionPool
     private let recovery: TokenRecovery
 
@@ -149,10 +149,8 @@ public final class Token: Sendable {
     }
 
     private func loadedModule() throws(PKCS11Error) -> PKCS11Module {
-        if let module = state.withLock({ $0.module }) { return module }
-        let module = try PKCS11Module.load(path: configuration.modulePath)
-        state.withLock { $0.module = module }
-        return module
+        if let loaded = module.load() { return loaded }
+        return module.storeIfNil(try PKCS11Module.load(path: configuration.modulePath))
     }
 
     /// A session for one try, called with the module's lifetime lock held shared: for a retry, a checked one.

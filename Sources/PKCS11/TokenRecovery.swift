@@ -14,17 +14,16 @@ import Synchronization
 /// - A lost device re-initialises the module at most once per `reconnectInterval`; calls in between fail as
 ///   unavailable (`reinitializeIfDue(_:after:)`).
 final class TokenRecovery: Sendable {
-    private struct State {
-        var pinRejected = false
-        var logins: UInt64 = 0
-        var lastReinitialization: ContinuousClock.Instant?
-    }
-
     private let pin: [UInt8]
     private let reconnectInterval: Duration
     /// Pooled sessions a checked take may find dead before a fresh one must work.
     private let maxSessions: Int
-    private let state = Mutex(State())
+    /// Read by every call, so atomics: set once, never cleared.
+    private let pinRejected = Atomic<Bool>(false)
+    /// Read by every handle lookup, so an atomic: only ever incremented.
+    private let loginCount = Atomic<UInt64>(0)
+    /// Read and written only after a lost device.
+    private let lastReinitialization = Mutex<ContinuousClock.Instant?>(nil)
 
     init(configuration: TokenConfiguration) {
         pin = configuration.pin
@@ -33,7 +32,7 @@ final class TokenRecovery: Sendable {
     }
 
     /// Successful logins so far (part of the handle epoch: a token that had to log in again may renumber objects).
-    var logins: UInt64 { state.withLock { $0.logins } }
+    var logins: UInt64 { loginCount.load(ordering: .acquiring) }
 
     // MARK: Which failures are recovered
 
@@ -84,16 +83,16 @@ final class TokenRecovery: Sendable {
 
     /// Fails with `pinRejected` once the token has rejected the PIN: it is never sent again.
     func refuseIfPINRejected() throws(PKCS11Error) {
-        if state.withLock({ $0.pinRejected }) { throw PKCS11Error(.pinRejected) }
+        if pinRejected.load(ordering: .acquiring) { throw PKCS11Error(.pinRejected) }
     }
 
     /// Exactly one `C_Login`; a rejected PIN is remembered.
     func logIn(_ session: Session) throws(PKCS11Error) {
         do throws(PKCS11Error) {
             try session.login(pin: pin)
-            state.withLock { $0.logins += 1 }
+            loginCount.add(1, ordering: .acquiringAndReleasing)
         } catch {
-            if case .pinRejected = error.kind { state.withLock { $0.pinRejected = true } }
+            if case .pinRejected = error.kind { pinRejected.store(true, ordering: .releasing) }
             throw error
         }
     }
@@ -109,9 +108,9 @@ final class TokenRecovery: Sendable {
         guard error?.isDeviceLost == true else { return }
         let seen = module.generation
         let now = ContinuousClock.now
-        let due = state.withLock { s -> Bool in
-            if let last = s.lastReinitialization, now - last < reconnectInterval { return false }
-            s.lastReinitialization = now
+        let due = lastReinitialization.withLock { last -> Bool in
+            if let last, now - last < reconnectInterval { return false }
+            last = now
             return true
         }
         guard due else { return }
