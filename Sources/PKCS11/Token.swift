@@ -77,8 +77,9 @@ public final class Token: Sendable {
         public let logins: UInt64
     }
 
-    /// Inside `withSession` both parts are fixed while the body runs for this call: re-initialisation waits for the
-    /// call to end, and a new login happens only when a session is taken.
+    /// Two atomic reads, no lock. Inside `withSession` the generation stays fixed while the body runs
+    /// (re-initialisation waits for the call to end); the login count may grow when another call logs in again, which
+    /// only makes the next lookup find a handle afresh.
     public var handleEpoch: HandleEpoch {
         HandleEpoch(generation: pool.generation, logins: recovery.logins)
     }
