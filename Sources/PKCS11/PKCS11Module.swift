@@ -1,5 +1,5 @@
 import CPKCS11
-import Lifecycle
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,26 +9,26 @@ import Glibc
 /// The module is initialised with `CKF_OS_LOCKING_OK` (without it SoftHSM turns its own locking off). PKCS#11 state
 /// is process-wide, so every `Token` on the same module shares this object; `reinitialize(ifGeneration:)` finalises
 /// and initialises the library again after a device loss (SoftHSM sees a returned token only after that).
-// `@unchecked Sendable`, and why that is sound: `functions` is a C pointer (not Sendable to Swift) written once in
-// `init` and never changed; the function list it points to is the module's static table, and the module was
-// initialised with CKF_OS_LOCKING_OK, so its functions may be called from any thread. The only mutable stored
-// properties, `_generation` and `initialized`, are read and written only inside `state.withLock`; `loaded` only
-// inside `registryLock.withLock`.
-public final class PKCS11Module: @unchecked Sendable {
+///
+/// Plainly `Sendable`: the function list is kept by value (a version and C function pointers, all Sendable; the
+/// module was initialised with CKF_OS_LOCKING_OK, so its functions may be called from any thread), the generation and
+/// the initialised flag are atomics (read by every call, written only with `lifetime` held exclusively), and the
+/// registry of loaded modules is a `Mutex`.
+public final class PKCS11Module: Sendable {
     public let path: String
-    let functions: UnsafeMutablePointer<CK_FUNCTION_LIST>
+    /// The module's function table (`C_GetFunctionList`), copied: the module never changes it.
+    let functions: CK_FUNCTION_LIST
     /// Held shared by every PKCS#11 call, exclusively while the library is re-initialised.
-    let lifetime = ReadWriteLock()
-    private let state = ConditionWait()
-    private var _generation: UInt64 = 1
-    private var initialized = true
+    let lifetime = SharedExclusiveLock()
+    private let _generation = Atomic<UInt64>(1)
+    private let initialized = Atomic<Bool>(true)
 
-    nonisolated(unsafe) private static var loaded: [String: PKCS11Module] = [:]
-    private static let registryLock = ConditionWait()
+    /// Modules loaded so far, by path; one load at a time (`dlopen` and `C_Initialize` inside the lock).
+    private static let loaded = Mutex<[String: PKCS11Module]>([:])
 
     /// Loads (once per process) the module at `path` and calls `C_Initialize` with OS locking.
     public static func load(path: String) throws(PKCS11Error) -> PKCS11Module {
-        try registryLock.withLock { () throws(PKCS11Error) -> PKCS11Module in
+        try loaded.withLock { (loaded) throws(PKCS11Error) -> PKCS11Module in
             if let module = loaded[path] { return module }
             let module = try PKCS11Module(path: path)
             loaded[path] = module
@@ -54,49 +54,50 @@ public final class PKCS11Module: @unchecked Sendable {
             dlclose(handle)
             throw PKCS11Error.call("C_GetFunctionList", rv)
         }
-        self.functions = list
+        self.functions = list.pointee
         // The handle stays open for the life of the process: unloading crypto libraries is not reliably safe.
         do throws(PKCS11Error) {
-            try PKCS11Module.initialize(list)
+            try PKCS11Module.initialize(functions)
         } catch {
             dlclose(handle)
             throw error
         }
     }
 
-    private static func initialize(_ list: UnsafeMutablePointer<CK_FUNCTION_LIST>) throws(PKCS11Error) {
+    private static func initialize(_ functions: CK_FUNCTION_LIST) throws(PKCS11Error) {
         var args = CK_C_INITIALIZE_ARGS()
         args.flags = CK_FLAGS(CKF_OS_LOCKING_OK)
-        let rv = withUnsafeMutablePointer(to: &args) { list.pointee.C_Initialize($0) }
+        let rv = withUnsafeMutablePointer(to: &args) { functions.C_Initialize($0) }
         guard rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED else { throw .call("C_Initialize", rv) }
     }
 
     /// Incremented by every re-initialisation: sessions and object handles of an older generation are invalid.
-    public var generation: UInt64 { state.withLock { _generation } }
+    public var generation: UInt64 { _generation.load(ordering: .acquiring) }
 
     /// `C_Finalize` then `C_Initialize`, unless another caller already did so since `generation` was read.
     /// Waits for every call in flight to finish first.
     public func reinitialize(ifGeneration seen: UInt64) throws(PKCS11Error) {
-        try lifetime.withWriteLock { () throws(PKCS11Error) in
-            let current = state.withLock { _generation }
-            guard current == seen else { return }
-            if state.withLock({ initialized }) { _ = functions.pointee.C_Finalize(nil) }
-            state.withLock { initialized = false; _generation += 1 }
+        try lifetime.withExclusive { () throws(PKCS11Error) in
+            // Writers are serialised by the exclusive hold; the atomics only let readers see the result.
+            guard generation == seen else { return }
+            if initialized.load(ordering: .acquiring) { _ = functions.C_Finalize(nil) }
+            initialized.store(false, ordering: .releasing)
+            _generation.add(1, ordering: .acquiringAndReleasing)
             try PKCS11Module.initialize(functions)
-            state.withLock { initialized = true }
+            initialized.store(true, ordering: .releasing)
         }
     }
 
     /// Whether the library is initialised (false after a failed re-initialisation).
-    public var isInitialized: Bool { state.withLock { initialized } }
+    public var isInitialized: Bool { initialized.load(ordering: .acquiring) }
 
     /// The IDs of slots that hold a token.
     public func slotsWithToken() throws(PKCS11Error) -> [CK_SLOT_ID] {
         var count: CK_ULONG = 0
-        var rv = functions.pointee.C_GetSlotList(CK_BBOOL(CK_TRUE), nil, &count)
+        var rv = functions.C_GetSlotList(CK_BBOOL(CK_TRUE), nil, &count)
         guard rv == CKR_OK else { throw .call("C_GetSlotList", rv) }
         var slots = [CK_SLOT_ID](repeating: 0, count: Int(count))
-        rv = slots.withUnsafeMutableBufferPointer { functions.pointee.C_GetSlotList(CK_BBOOL(CK_TRUE), $0.baseAddress, &count) }
+        rv = slots.withUnsafeMutableBufferPointer { functions.C_GetSlotList(CK_BBOOL(CK_TRUE), $0.baseAddress, &count) }
         guard rv == CKR_OK else { throw .call("C_GetSlotList", rv) }
         return Array(slots.prefix(Int(count)))
     }
@@ -104,7 +105,7 @@ public final class PKCS11Module: @unchecked Sendable {
     /// The label of the token in `slot`, with the padding spaces removed.
     public func tokenLabel(slot: CK_SLOT_ID) throws(PKCS11Error) -> String {
         var info = CK_TOKEN_INFO()
-        let rv = functions.pointee.C_GetTokenInfo(slot, &info)
+        let rv = functions.C_GetTokenInfo(slot, &info)
         guard rv == CKR_OK else { throw .call("C_GetTokenInfo", rv) }
         let label = withUnsafeBytes(of: info.label) { String(decoding: $0, as: UTF8.self) }
         return String(label.reversed().drop(while: { $0 == " " || $0 == "\0" }).reversed())
@@ -121,7 +122,7 @@ public final class PKCS11Module: @unchecked Sendable {
     /// Opens a read-write session on `slot`.
     public func openSession(slot: CK_SLOT_ID) throws(PKCS11Error) -> Session {
         var handle: CK_SESSION_HANDLE = 0
-        let rv = functions.pointee.C_OpenSession(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &handle)
+        let rv = functions.C_OpenSession(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &handle)
         guard rv == CKR_OK else { throw .call("C_OpenSession", rv) }
         return Session(module: self, handle: handle, generation: generation)
     }

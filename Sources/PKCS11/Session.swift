@@ -11,7 +11,7 @@ public struct Session: Sendable {
     /// module has not been re-initialised.
     public let generation: UInt64
 
-    var f: CK_FUNCTION_LIST { module.functions.pointee }
+    var f: CK_FUNCTION_LIST { module.functions }
 
     /// `C_Login` as the user. `CKR_USER_ALREADY_LOGGED_IN` counts as success (login state is per token).
     public func login(pin: [UInt8]) throws(PKCS11Error) {

@@ -1,8 +1,5 @@
 import CPKCS11
-import Lifecycle
-#if canImport(Glibc)
-import Glibc
-#endif
+import Synchronization
 
 /// Where the token is and how to log in to it. The PIN is kept as bytes and never printed.
 public struct TokenConfiguration: Sendable, CustomStringConvertible {
@@ -31,31 +28,34 @@ public struct TokenConfiguration: Sendable, CustomStringConvertible {
 }
 
 /// One token: a pool of logged-in sessions, so that concurrent operations never share a session, and the recovery
-/// rules: a lost session or login is reopened and the call retried once; a lost device re-initialises the module
-/// and retries once; a rejected PIN is never tried again.
-// `@unchecked Sendable`, and why that is sound: every mutable stored property (`module`, `slot`,
-// `sessionGeneration`, `idle`, `openCount`, `pinRejected`, `logins`, `lastReconnect`) is read and written only
-// inside `lock.withLock` (Lifecycle's ConditionWait: a pthread mutex and condition, because callers wait for a free session, which
-// `Mutex` cannot do); the other stored properties are `let` and Sendable. A `Session` taken from `idle` is lent to
-// one caller at a time.
-public final class Token: @unchecked Sendable {
+/// rules of `TokenRecovery`: a lost session or login is reopened and the call retried once; a lost device
+/// re-initialises the module and retries once; a rejected PIN is never tried again.
+///
+/// Plainly `Sendable`, with one `Mutex` of its own: the slot is in `state`, the module (loaded once, then never
+/// changed) in a write-once reference; the sessions, and the waiting for a free one, in `pool` (`SessionPool`);
+/// logins, the rejected PIN and the last re-initialisation in `recovery` (`TokenRecovery`). A `Session` taken from
+/// the pool is lent to one caller at a time.
+public final class Token: Sendable {
     public let configuration: TokenConfiguration
     /// Session-object copies of the keys in use (see `SessionKeyCopies`).
     public let sessionKeyCopies = SessionKeyCopies()
     /// Handles of the keys found in the token (see `keyHandle(id:name:in:)`).
     public let keyHandles = KeyHandleCache()
-    private let lock = ConditionWait()
-    private var module: PKCS11Module?
-    private var slot: CK_SLOT_ID?
-    private var sessionGeneration: UInt64 = 0
-    private var idle: [Session] = []
-    private var openCount = 0
-    private var pinRejected = false
-    private var logins: UInt64 = 0
-    private var lastReconnect: ContinuousClock.Instant?
+
+    private struct State {
+        /// The token's slot, found by label, valid in the module generation it was found in.
+        var slot: (id: CK_SLOT_ID, generation: UInt64)?
+    }
+
+    private let state = Mutex(State())
+    private let module = AtomicLazyReference<PKCS11Module>()
+    private let pool: SessionPool
+    private let recovery: TokenRecovery
 
     public init(configuration: TokenConfiguration) {
         self.configuration = configuration
+        pool = SessionPool(capacity: configuration.maxSessions)
+        recovery = TokenRecovery(configuration: configuration)
     }
 
     /// Loads the module, finds the token and logs in once. Fails fast with a clear error.
@@ -64,10 +64,10 @@ public final class Token: @unchecked Sendable {
     }
 
     /// Sessions currently open (idle and in use).
-    public var openSessions: Int { lock.withLock { openCount } }
+    public var openSessions: Int { pool.openCount }
 
     /// Sessions currently lent out.
-    public var sessionsInUse: Int { lock.withLock { openCount - idle.count } }
+    public var sessionsInUse: Int { pool.inUse }
 
     /// Identifies when object handles found in this token may be reused: it changes when the module is
     /// re-initialised and whenever the token had to be logged in again (a token that lost its login may renumber its
@@ -77,12 +77,16 @@ public final class Token: @unchecked Sendable {
         public let logins: UInt64
     }
 
+    /// Two atomic reads, no lock. Inside `withSession` the generation stays fixed while the body runs
+    /// (re-initialisation waits for the call to end); the login count may grow when another call logs in again, which
+    /// only makes the next lookup find a handle afresh.
     public var handleEpoch: HandleEpoch {
-        lock.withLock { HandleEpoch(generation: sessionGeneration, logins: logins) }
+        HandleEpoch(generation: pool.generation, logins: recovery.logins)
     }
 
     /// Runs `body` with a session of its own, logged in. Retries once after a lost session, login or device; the
-    /// retry checks a pooled session's login before using it, since a lost login affects every session.
+    /// retry checks a pooled session's login before using it, since a lost login affects every session
+    /// (`TokenRecovery` holds these rules).
     ///
     /// Generic over the body's own typed error: any `TokenCallError` (a `PKCS11Error`, or a caller's error that
     /// carries the token error behind it), so callers throw their own errors from the body, and token failures of
@@ -93,42 +97,36 @@ public final class Token: @unchecked Sendable {
     public func withSession<T, E: TokenCallError>(deadline: ContinuousClock.Instant? = nil,
                                                   _ body: (Session) throws(E) -> T) throws(E) -> T {
         let waitUntil = deadline ?? .now.advanced(by: configuration.sessionWaitLimit)
-        do throws(E) {
-            return try attempt(body, verifying: false, waitUntil: waitUntil)
-        } catch {
-            guard let token = error.tokenError, token.isSessionLost || token.isDeviceLost else { throw error }
-            return try attempt(body, verifying: true, waitUntil: waitUntil)
+        return try recovery.run { (checked) throws(E) -> T in
+            try attempt(body, checked: checked, waitUntil: waitUntil)
         }
     }
 
-    private func attempt<T, E: TokenCallError>(_ body: (Session) throws(E) -> T, verifying: Bool,
+    /// One try: a session (checked, for a retry), `body`, and the session back to the pool or dropped. A lost
+    /// device is recovered after the module's lifetime lock is released (re-initialisation takes it exclusively).
+    private func attempt<T, E: TokenCallError>(_ body: (Session) throws(E) -> T, checked: Bool,
                                                waitUntil: ContinuousClock.Instant) throws(E) -> T {
         let module: PKCS11Module
         do throws(PKCS11Error) { module = try loadedModule() } catch { throw E(tokenError: error) }
         do throws(E) {
-            return try module.lifetime.withReadLock { () throws(E) -> T in
+            return try module.lifetime.withShared { () throws(E) -> T in
                 let session: Session
                 do throws(PKCS11Error) {
-                    session = try acquire(module, verifying: verifying, waitUntil: waitUntil)
+                    session = try acquire(module, checked: checked, waitUntil: waitUntil)
                 } catch {
                     throw E(tokenError: error)
                 }
                 do throws(E) {
                     let value = try body(session)
-                    release(session, module: module)
+                    pool.checkIn(session)
                     return value
                 } catch {
-                    if let token = error.tokenError, token.isSessionLost || token.isDeviceLost {
-                        discard(session)
-                    } else {
-                        release(session, module: module)
-                    }
+                    if TokenRecovery.keepsSession(after: error.tokenError) { pool.checkIn(session) } else { discard(session) }
                     throw error
                 }
             }
         } catch {
-            // Outside the shared lifetime lock: re-initialisation takes it exclusively.
-            if error.tokenError?.isDeviceLost == true { recover(module) }
+            recovery.reinitializeIfDue(module, after: error.tokenError)
             throw error
         }
     }
@@ -152,85 +150,38 @@ public final class Token: @unchecked Sendable {
     }
 
     private func loadedModule() throws(PKCS11Error) -> PKCS11Module {
-        if let module = lock.withLock({ self.module }) { return module }
-        let module = try PKCS11Module.load(path: configuration.modulePath)
-        lock.withLock { self.module = module }
-        return module
+        if let loaded = module.load() { return loaded }
+        return module.storeIfNil(try PKCS11Module.load(path: configuration.modulePath))
     }
 
-    /// Takes an idle session of the current module generation or opens one (logging in when the token needs it).
-    /// With `verifying`, a pooled session is first checked: a dead one is dropped and the next one tried, and one
-    /// that lost its login is logged in again. Called with the module's lifetime lock held shared.
-    private func acquire(_ module: PKCS11Module, verifying: Bool, waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> Session {
-        // Bounded: every idle session may be dead, and then a fresh one must work.
-        var tries = 0
-        while true {
-            let session = try acquireUnchecked(module, waitUntil: waitUntil)
-            guard verifying else { return session }
-            tries += 1
-            do throws(PKCS11Error) {
-                if try !session.isLoggedIn() { try login(session) }
-                return session
-            } catch {
-                if error.isSessionLost && tries <= configuration.maxSessions {
-                    discard(session)
-                    continue
-                }
-                if error.isSessionLost || error.isDeviceLost {
-                    discard(session)
-                } else {
-                    release(session, module: module)
-                }
-                throw error
-            }
-        }
+    /// A session for one try, called with the module's lifetime lock held shared: for a retry, a checked one.
+    private func acquire(_ module: PKCS11Module, checked: Bool, waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> Session {
+        guard checked else { return try take(module, waitUntil: waitUntil) }
+        return try recovery.checkedSession(take: { () throws(PKCS11Error) -> Session in try take(module, waitUntil: waitUntil) },
+                                           drop: discard, putBack: pool.checkIn)
     }
 
-    private func acquireUnchecked(_ module: PKCS11Module, waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> Session {
+    /// An idle session of the current module generation, or a new one (logged in when the token needs it).
+    private func take(_ module: PKCS11Module, waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> Session {
+        try recovery.refuseIfPINRejected()
         let generation = module.generation
-        let waitStarted = ContinuousClock.now
-        let reuse: Session? = try lock.withLock { () throws(PKCS11Error) -> Session? in
-            if pinRejected { throw PKCS11Error(.pinRejected) }
-            if sessionGeneration != generation {
-                // The library was re-initialised: every session and the slot number are gone.
-                idle.removeAll()
-                openCount = 0
-                slot = nil
-                sessionGeneration = generation
-            }
-            while true {
-                if let session = idle.popLast() { return session }
-                if openCount < configuration.maxSessions {
-                    openCount += 1
-                    return nil
-                }
-                guard lock.waitLocked(until: waitUntil) else {
-                    throw PKCS11Error(.noFreeSession(waited: ContinuousClock.now - waitStarted))
-                }
-            }
-        }
-        if let reuse { return reuse }
+        if case .idle(let session) = try pool.checkOut(generation: generation, until: waitUntil) { return session }
         do throws(PKCS11Error) {
-            return try openLoggedInSession(module)
+            return try openLoggedInSession(module, generation: generation)
         } catch {
-            lock.withLock {
-                openCount -= 1
-                lock.signalAllLocked()
-            }
+            pool.cancelOpening(generation: generation)
             throw error
         }
     }
 
-    private func openLoggedInSession(_ module: PKCS11Module) throws(PKCS11Error) -> Session {
-        let knownSlot = lock.withLock { slot }
+    private func openLoggedInSession(_ module: PKCS11Module, generation: UInt64) throws(PKCS11Error) -> Session {
+        let known = state.withLock { s in s.slot.flatMap { $0.generation == generation ? $0.id : nil } }
         let slotID: CK_SLOT_ID
-        if let knownSlot { slotID = knownSlot } else { slotID = try module.slot(forTokenLabel: configuration.tokenLabel) }
-        lock.withLock { self.slot = slotID }
+        if let known { slotID = known } else { slotID = try module.slot(forTokenLabel: configuration.tokenLabel) }
+        state.withLock { $0.slot = (slotID, generation) }
         let session = try module.openSession(slot: slotID)
         do throws(PKCS11Error) {
-            if try !session.isLoggedIn() {
-                try login(session)
-            }
+            if try !session.isLoggedIn() { try recovery.logIn(session) }
         } catch {
             session.close()
             throw error
@@ -238,48 +189,9 @@ public final class Token: @unchecked Sendable {
         return session
     }
 
-    /// Exactly one `C_Login` per need; a rejected PIN is remembered and never tried again.
-    private func login(_ session: Session) throws(PKCS11Error) {
-        do throws(PKCS11Error) {
-            try session.login(pin: configuration.pin)
-            lock.withLock { logins += 1 }
-        } catch {
-            if case .pinRejected = error.kind { lock.withLock { pinRejected = true } }
-            throw error
-        }
-    }
-
-    private func release(_ session: Session, module: PKCS11Module) {
-        lock.withLock {
-            if sessionGeneration == module.generation {
-                idle.append(session)
-            } else {
-                openCount = max(0, openCount - 1)
-            }
-            lock.signalAllLocked()
-        }
-    }
-
+    /// Closes a session that failed in a way that makes it useless, and frees its place in the pool.
     private func discard(_ session: Session) {
         session.close()
-        lock.withLock {
-            openCount = max(0, openCount - 1)
-            lock.signalAllLocked()
-        }
-    }
-
-    /// Re-initialises the module after a device loss, at most once per `reconnectInterval`.
-    private func recover(_ module: PKCS11Module) {
-        let seen = module.generation
-        let now = ContinuousClock.now
-        let due: Bool = lock.withLock {
-            if let last = lastReconnect, now - last < configuration.reconnectInterval { return false }
-            lastReconnect = now
-            return true
-        }
-        guard due else { return }
-        // A failed re-initialisation leaves the module uninitialised: the next call fails with
-        // CKR_CRYPTOKI_NOT_INITIALIZED, counts as a lost device, and tries again (rate-limited as above).
-        try? module.reinitialize(ifGeneration: seen)
+        pool.remove(session)
     }
 }

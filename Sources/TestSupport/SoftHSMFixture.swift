@@ -24,7 +24,7 @@ public final class SoftHSMFixture: Sendable {
         return fixture
     }()
 
-    static let poolSize = 56
+    static let poolSize = 64
     private static let nextPoolToken = LockedCounter()
 
     /// The label of a pooled token no other test uses (only on `shared`).
