@@ -30,7 +30,7 @@ let package = Package(
         // libcrypto: PBKDF2 for the record of a rejected PIN (p11kms/PINRejectionRecord.swift).
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .target(name: "PKCS11", dependencies: ["CPKCS11", "Lifecycle"]),
-        .target(name: "KeyService", dependencies: ["PKCS11"]),
+        .target(name: "KeyService", dependencies: ["PKCS11", "Lifecycle"]),
         .target(name: "KMSServer", dependencies: [
             "GRPCTransport", "KeyService", "KMSProto", "PKCS11",
             .product(name: "Logging", package: "swift-log"),

@@ -1,5 +1,5 @@
 import PKCS11
-import Synchronization
+import Lifecycle
 
 /// Counts Encrypts per root key persistently, in the token: AES-GCM with random 96-bit IVs must stay below 2^32
 /// encryptions per key.
@@ -22,7 +22,7 @@ public final class EncryptionBudget: Sendable {
     private let onReserve: @Sendable (String, UInt64) -> Void
 
     private struct Count { var used: UInt64; var reserved: UInt64 }
-    private let counts = Mutex<[RootKeyID: Count]>([:])
+    private let counts = ConditionLock<[RootKeyID: Count]>([:])
 
     public init(token: Token, budget: UInt64 = EncryptionBudget.defaultBudget,
                 onReserve: @escaping @Sendable (_ keyID: String, _ reserved: UInt64) -> Void = { _, _ in }) {

@@ -1,5 +1,5 @@
 import CPKCS11
-import Synchronization
+import Lifecycle
 
 /// Session-object copies of token keys: the fast path for Encrypt and Decrypt.
 ///
@@ -39,7 +39,7 @@ public final class SessionKeyCopies: Sendable {
         var onRefused: [@Sendable (String) -> Void] = []
     }
 
-    private let state = Mutex(State())
+    private let state = ConditionLock(State())
 
     public init() {}
 

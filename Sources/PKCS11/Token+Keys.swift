@@ -1,9 +1,9 @@
 import CPKCS11
-import Synchronization
+import Lifecycle
 
 /// Object handles of the token's secret keys by `CKA_ID`, valid for one handle epoch (module generation and login).
 public final class KeyHandleCache: Sendable {
-    private let handles = Mutex<[[UInt8]: (epoch: Token.HandleEpoch, handle: CK_OBJECT_HANDLE)]>([:])
+    private let handles = ConditionLock<[[UInt8]: (epoch: Token.HandleEpoch, handle: CK_OBJECT_HANDLE)]>([:])
 
     func get(_ id: [UInt8], epoch: Token.HandleEpoch) -> CK_OBJECT_HANDLE? {
         handles.withLock { $0[id] }.flatMap { $0.epoch == epoch ? $0.handle : nil }
