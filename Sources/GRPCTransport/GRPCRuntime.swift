@@ -94,7 +94,7 @@ public enum GRPCRuntime {
     /// Takes one reference on the C core library (`grpc_init`). Balanced by `release()`.
     static func retain() {
         ignoreSIGPIPE()
-        _ = mutexDeadlockDetectionOff
+        _ = abseilDeadlockDetectionOff
         withSignalsBlocked { grpc_init() }
     }
 
@@ -102,8 +102,9 @@ public enum GRPCRuntime {
     /// every lock acquisition for lock-order cycles: a process-wide graph of lock ids under a global spin lock,
     /// a few percent of the CPU of every call. Release builds of Abseil never check; neither does this process.
     /// Abseil exports the switch only as a C++ function, found by its mangled name (one per packaging namespace);
-    /// where none is found (another Abseil build, or a core linked statically) nothing changes.
-    private static let mutexDeadlockDetectionOff: Bool = {
+    /// where none is found (another Abseil build, or a core linked statically) nothing changes. True once the switch
+    /// was found and set (evaluated before the first `grpc_init`).
+    static let abseilDeadlockDetectionOff: Bool = {
         typealias SetMode = @convention(c) (Int32) -> Void
         let names = [
             "_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE",
