@@ -94,8 +94,33 @@ public enum GRPCRuntime {
     /// Takes one reference on the C core library (`grpc_init`). Balanced by `release()`.
     static func retain() {
         ignoreSIGPIPE()
+        _ = abseilDeadlockDetectionOff
         withSignalsBlocked { grpc_init() }
     }
+
+    /// The core's locks are Abseil mutexes. Abseil built without `NDEBUG` (as Debian and Ubuntu ship it) checks
+    /// every lock acquisition for lock-order cycles: a process-wide graph of lock ids under a global spin lock,
+    /// a few percent of the CPU of every call. Release builds of Abseil never check; neither does this process.
+    /// Abseil exports the switch only as a C++ function, found by its mangled name (one per packaging namespace);
+    /// where none is found (another Abseil build, or a core linked statically) nothing changes. True once the switch
+    /// was found and set (evaluated before the first `grpc_init`).
+    static let abseilDeadlockDetectionOff: Bool = {
+        typealias SetMode = @convention(c) (Int32) -> Void
+        let names = [
+            "_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE",
+            "_ZN4absl12lts_2022062329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE",
+            "_ZN4absl12lts_2023012529SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE",
+            "_ZN4absl12lts_2023080229SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE",
+            "_ZN4absl12lts_2024011629SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE",
+        ]
+        for name in names {
+            guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) else { continue }
+            // absl::OnDeadlockCycle::kIgnore
+            unsafeBitCast(symbol, to: SetMode.self)(0)
+            return true
+        }
+        return false
+    }()
 
     /// Drops one reference on the C core library (`grpc_shutdown`); the last one tears it down.
     static func release() {

@@ -120,8 +120,11 @@ final class WorkerPool: Sendable {
     fileprivate func run() {
         // Whoever wakes a sleeping worker counts it as searching; otherwise it counts itself.
         var countMe = true
+        // A finished call is taken off `busy` in the same critical section that looks for the next one.
+        var finished = false
         while true {
             let next: Next = queue.withLock { queue in
+                if finished { queue.busy -= 1 }
                 if countMe { queue.searching += 1 }
                 queue.searching -= 1
                 if let call = queue.pop() {
@@ -135,10 +138,11 @@ final class WorkerPool: Sendable {
             switch next {
             case .run(let call):
                 call.runQueued()
-                queue.withLock { $0.busy -= 1 }
+                finished = true
                 countMe = true
             case .sleep:
                 wakeUp.wait()
+                finished = false
                 countMe = false
             case .exit:
                 return

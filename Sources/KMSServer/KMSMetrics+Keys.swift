@@ -7,8 +7,8 @@ import Glibc
 
 /// The series labelled by key_id.
 ///
-/// Usage, recorded on the hot path (a dictionary lookup under a lock, then increments; handles are made on a key's
-/// first use only):
+/// Usage, recorded on the hot path (a dictionary lookup under a lock, then increments outside it; handles are made
+/// on a key's first use only):
 /// - `p11kms_key_operations_total{key_id,operation}` (operation `encrypt` or `decrypt`), and the older
 ///   `p11kms_root_key_operations_total{key_id,operation}` with the same values;
 /// - `p11kms_key_last_used_timestamp_seconds{key_id,operation}`: wall-clock time (unix seconds) of the last success.
@@ -36,11 +36,12 @@ public final class KeySeries: Sendable {
         let operation: Operation
     }
 
-    private struct UseHandles {
+    /// Found under the lock, updated outside it (the handles are thread-safe, the count is atomic).
+    private final class UseHandles: Sendable {
         let legacy: Counter
         let total: Counter
         let lastUsed: Gauge
-        var count: UInt64 = 0
+        let count = Atomic<UInt64>(0)
 
         init(_ use: Use) {
             let dimensions = [("key_id", use.keyID), ("operation", use.operation.rawValue)]
@@ -71,14 +72,16 @@ public final class KeySeries: Sendable {
     public func use(keyID: String, operation: Operation) -> UInt64 {
         let now = KeySeries.wallClockSeconds()
         let use = Use(keyID: keyID, operation: operation)
-        return uses.withLock { table in
-            table[use, default: UseHandles(use)].count += 1
-            let entry = table[use]!
-            entry.legacy.increment()
-            entry.total.increment()
-            entry.lastUsed.record(now)
-            return entry.count
+        let entry = uses.withLock { table in
+            if let found = table[use] { return found }
+            let made = UseHandles(use)
+            table[use] = made
+            return made
         }
+        entry.legacy.increment()
+        entry.total.increment()
+        entry.lastUsed.record(now)
+        return entry.count.add(1, ordering: .relaxed).newValue
     }
 
     /// Brings the info series in line with the key ring (called before each scrape; cheap when nothing changed).

@@ -14,6 +14,18 @@ public final class KMSMetrics: Sendable {
         case deadlineExceeded = "deadline_exceeded"
         case `internal`
 
+        /// Where the outcome's counter is kept (one slot per case).
+        var index: Int {
+            switch self {
+            case .success: 0
+            case .invalidInput: 1
+            case .refused: 2
+            case .tokenUnavailable: 3
+            case .deadlineExceeded: 4
+            case .internal: 5
+            }
+        }
+
         init(_ error: KMSError) {
             switch error.code {
             case .invalidArgument: self = .invalidInput
@@ -31,8 +43,18 @@ public final class KMSMetrics: Sendable {
     /// warns once a key passes this many encryptions in one process.
     public static let encryptionWarningThreshold: UInt64 = 1 << 31
 
-    private let operations: [String: [Outcome: Counter]]
-    private let durations: [String: Timer]
+    /// One method's handles, found with one dictionary lookup per call.
+    private struct MethodHandles: Sendable {
+        /// Indexed by `Outcome.index`.
+        let outcomes: [Counter]
+        let duration: Timer
+        /// The per-key usage the method's successes count as (Encrypt and Decrypt only).
+        let keyOperation: KeySeries.Operation?
+
+        func counter(_ outcome: Outcome) -> Counter { outcomes[outcome.index] }
+    }
+
+    private let methodHandles: [String: MethodHandles]
     /// Per-key series: usage on the hot path, identity and state before each scrape (KMSMetrics+Keys.swift).
     let keySeries = KeySeries()
     private let tokenHealthy = Gauge(label: "p11kms_token_healthy")
@@ -60,26 +82,29 @@ public final class KMSMetrics: Sendable {
             true: Counter(label: "p11kms_token_probes_total", dimensions: [("result", "ok")]),
             false: Counter(label: "p11kms_token_probes_total", dimensions: [("result", "failed")]),
         ]
-        var operations: [String: [Outcome: Counter]] = [:]
-        var durations: [String: Timer] = [:]
+        var methodHandles: [String: MethodHandles] = [:]
         for method in KMSMetrics.methods {
+            var outcomes = [Counter?](repeating: nil, count: Outcome.allCases.count)
             for outcome in Outcome.allCases {
-                operations[method, default: [:]][outcome] = Counter(
+                outcomes[outcome.index] = Counter(
                     label: "p11kms_operations_total", dimensions: [("method", method), ("outcome", outcome.rawValue)])
             }
-            durations[method] = Timer(label: "p11kms_operation_duration_seconds", dimensions: [("method", method)],
-                                      preferredDisplayUnit: .seconds)
+            methodHandles[method] = MethodHandles(
+                outcomes: outcomes.map { $0! },
+                duration: Timer(label: "p11kms_operation_duration_seconds", dimensions: [("method", method)],
+                                preferredDisplayUnit: .seconds),
+                keyOperation: method == "Encrypt" ? .encrypt : method == "Decrypt" ? .decrypt : nil)
         }
-        self.operations = operations
-        self.durations = durations
+        self.methodHandles = methodHandles
     }
 
     public func record(method: String, outcome: Outcome, since started: ContinuousClock.Instant, keyID: String? = nil) {
-        operations[method]?[outcome]?.increment()
+        guard let handles = methodHandles[method] else { return }
+        handles.counter(outcome).increment()
         let elapsed = ContinuousClock.now - started
-        durations[method]?.recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
-        if let keyID, method == "Encrypt" || method == "Decrypt" {
-            countKeyUse(keyID: keyID, operation: method == "Encrypt" ? .encrypt : .decrypt)
+        handles.duration.recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+        if let keyID, let operation = handles.keyOperation {
+            countKeyUse(keyID: keyID, operation: operation)
         }
     }
 

@@ -53,16 +53,26 @@ do { try ring.refresh() } catch { fail("cannot open the token: \(error)") }
 guard let current = ring.current else { fail("the token has no current key") }
 let service = EnvelopeService(keyRing: ring)
 
-func report(_ run: Run, cpu: Double?, rss: Int?) {
+/// `text` padded with spaces to `width` characters (Foundation's `%-34@` does not pad on Linux).
+func pad(_ text: String, _ width: Int = 34, left: Bool = false) -> String {
+    let fill = String(repeating: " ", count: max(0, width - text.count))
+    return left ? fill + text : text + fill
+}
+
+/// `cpu`: the plugin's CPU per call (or this process's, for the in-process phases); `clientCPU`: this process's
+/// CPU per call while it drove the plugin over the socket (the load client's share of the machine).
+func report(_ run: Run, cpu: Double?, rss: Int?, clientCPU: Double? = nil) {
     let cpuText = cpu.map { String(format: "%8.1f", $0) } ?? "       -"
-    let rssText = rss.map { String(format: "%6.1f", Double($0) / 1024) } ?? "     -"
-    print(String(format: "%-34@ %10.0f %9.0f %9.0f %@ %@ %7d", run.name as NSString, run.rate, run.percentile(0.5), run.percentile(0.99),
-                 cpuText, rssText, run.errors))
+    let clientText = clientCPU.map { String(format: "%9.1f", $0) } ?? "        -"
+    let rssText = rss.map { String(format: "%7.1f", Double($0) / 1024) } ?? "      -"
+    print(String(format: "%@ %10.0f %9.0f %9.0f %@ %@ %@ %7d", pad(run.name) as NSString, run.rate, run.percentile(0.5),
+                 run.percentile(0.99), cpuText, clientText, rssText, run.errors))
     fflush(nil)
 }
 print("threads=\(threads) seconds=\(seconds) key_id=\(current.keyID)")
-print(String(format: "%-34@ %10@ %9@ %9@ %8@ %6@ %7@", "operation" as NSString, "ops/s" as NSString, "p50 µs" as NSString,
-             "p99 µs" as NSString, "cpu µs" as NSString, "rss MiB" as NSString, "errors" as NSString))
+print([pad("operation"), pad("ops/s", 10, left: true), pad("p50 µs", 9, left: true), pad("p99 µs", 9, left: true),
+       pad("cpu µs", 8, left: true), pad("client µs", 9, left: true), pad("rss MiB", 7, left: true),
+       pad("errors", 7, left: true)].joined(separator: " "))
 
 let seed = SecureRandom.bytes(32)
 let aad = Array("p11kms bench".utf8)
@@ -148,11 +158,13 @@ let decryptBytes: [UInt8] = (try? decryptRequest.serializedBytes()) ?? []
 func overSocket(_ name: String, _ body: @escaping @Sendable (Int) -> Bool) -> Run? {
     guard phases.contains(name.split(separator: " ").dropFirst().first.map { $0.lowercased() }.map { $0.hasPrefix("encrypt+") ? "roundtrip" : $0 } ?? "") else { return nil }
     let before = pluginPID.flatMap(ProcessSample.read)
+    let clientBefore = selfCPU()
     let run = measure(name, threads: threads, seconds: seconds, body)
+    let clientAfter = selfCPU()
     let after = pluginPID.flatMap(ProcessSample.read)
     var cpu: Double?
     if let before, let after { cpu = (after.cpuSeconds - before.cpuSeconds) / Double(max(1, run.operations)) * 1e6 }
-    report(run, cpu: cpu, rss: after?.rssKiB)
+    report(run, cpu: cpu, rss: after?.rssKiB, clientCPU: (clientAfter - clientBefore) / Double(max(1, run.operations)) * 1e6)
     return run
 }
 
