@@ -7,10 +7,13 @@ public struct RootKeyID: Hashable, Sendable, CustomStringConvertible, Comparable
     public static let prefix = "p11kms-"
 
     public let bytes: [UInt8]
+    /// The KMS `key_id`, made once (every Encrypt and Decrypt names its key).
+    public let keyID: String
 
     public init?(bytes: [UInt8]) {
         guard bytes.count == RootKeyID.byteCount else { return nil }
         self.bytes = bytes
+        keyID = RootKeyID.format(bytes)
     }
 
     /// Parses a `key_id` string (`p11kms-` followed by 32 lowercase hex digits).
@@ -27,6 +30,7 @@ public struct RootKeyID: Hashable, Sendable, CustomStringConvertible, Comparable
             i += 2
         }
         self.bytes = bytes
+        self.keyID = keyID
     }
 
     /// A fresh random identity.
@@ -34,8 +38,12 @@ public struct RootKeyID: Hashable, Sendable, CustomStringConvertible, Comparable
         RootKeyID(bytes: SecureRandom.bytes(RootKeyID.byteCount))!
     }
 
-    /// The KMS `key_id`.
-    public var keyID: String {
+    public static func == (lhs: RootKeyID, rhs: RootKeyID) -> Bool { lhs.bytes == rhs.bytes }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(bytes) }
+
+    /// `p11kms-` and the 32 lowercase hex digits of `bytes`.
+    private static func format(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out = Array(RootKeyID.prefix.utf8)
         out.reserveCapacity(out.count + bytes.count * 2)
