@@ -7,11 +7,11 @@ import Glibc
 /// A `dlopen`ed PKCS#11 module and its function list, one per module path and process.
 ///
 /// The module is initialised with `CKF_OS_LOCKING_OK` (without it SoftHSM turns its own locking off). PKCS#11 state
-/// is process-wide, so every `Token` on the same module shares this object; `reinitialize(ifGeneration:)` finalises
+/// is process-wide, so every `Token` on the same module shares this object; `reinitialize(ifInitialization:)` finalises
 /// and initialises the library again after a device loss (SoftHSM sees a returned token only after that).
 ///
 /// Plainly `Sendable`: the function list is kept by value (a version and C function pointers, all Sendable; the
-/// module was initialised with CKF_OS_LOCKING_OK, so its functions may be called from any thread), the generation and
+/// module was initialised with CKF_OS_LOCKING_OK, so its functions may be called from any thread), the initialization and
 /// the initialised flag are atomics (read by every call, written only with `lifetime` held exclusively), and the
 /// registry of loaded modules is a `Mutex`.
 public final class PKCS11Module: Sendable {
@@ -20,7 +20,7 @@ public final class PKCS11Module: Sendable {
     let functions: CK_FUNCTION_LIST
     /// Held shared by every PKCS#11 call, exclusively while the library is re-initialised.
     let lifetime = SharedExclusiveLock()
-    private let _generation = Atomic<UInt64>(1)
+    private let _initialization = Atomic<UInt64>(1)
     private let initialized = Atomic<Bool>(true)
 
     /// Modules loaded so far, by path; one load at a time (`dlopen` and `C_Initialize` inside the lock).
@@ -71,18 +71,20 @@ public final class PKCS11Module: Sendable {
         guard rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED else { throw .call("C_Initialize", rv) }
     }
 
-    /// Incremented by every re-initialisation: sessions and object handles of an older generation are invalid.
-    public var generation: UInt64 { _generation.load(ordering: .acquiring) }
+    /// Which `C_Initialize` of the library this is: 1 at load, incremented by every re-initialisation; sessions and
+    /// object handles of an older initialization are invalid. (Root keys have generations; the module has
+    /// initializations.)
+    public var initialization: UInt64 { _initialization.load(ordering: .acquiring) }
 
-    /// `C_Finalize` then `C_Initialize`, unless another caller already did so since `generation` was read.
+    /// `C_Finalize` then `C_Initialize`, unless another caller already did so since `initialization` was read.
     /// Waits for every call in flight to finish first.
-    public func reinitialize(ifGeneration seen: UInt64) throws(PKCS11Error) {
+    public func reinitialize(ifInitialization seen: UInt64) throws(PKCS11Error) {
         try lifetime.withExclusive { () throws(PKCS11Error) in
             // Writers are serialised by the exclusive hold; the atomics only let readers see the result.
-            guard generation == seen else { return }
+            guard initialization == seen else { return }
             if initialized.load(ordering: .acquiring) { _ = functions.C_Finalize(nil) }
             initialized.store(false, ordering: .releasing)
-            _generation.add(1, ordering: .acquiringAndReleasing)
+            _initialization.add(1, ordering: .acquiringAndReleasing)
             try PKCS11Module.initialize(functions)
             initialized.store(true, ordering: .releasing)
         }
@@ -124,6 +126,6 @@ public final class PKCS11Module: Sendable {
         var handle: CK_SESSION_HANDLE = 0
         let rv = functions.C_OpenSession(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &handle)
         guard rv == CKR_OK else { throw .call("C_OpenSession", rv) }
-        return Session(module: self, handle: handle, generation: generation)
+        return Session(module: self, handle: handle, initialization: initialization)
     }
 }

@@ -7,9 +7,9 @@ public typealias ObjectHandle = CK_OBJECT_HANDLE
 public struct Session: Sendable {
     let module: PKCS11Module
     public let handle: CK_SESSION_HANDLE
-    /// The module generation the session was opened in: object handles cached for it are valid only while the
+    /// The module initialisation the session was opened in: object handles cached for it are valid only while the
     /// module has not been re-initialised.
-    public let generation: UInt64
+    public let initialization: UInt64
 
     var f: CK_FUNCTION_LIST { module.functions }
 

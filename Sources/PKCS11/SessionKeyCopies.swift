@@ -123,7 +123,7 @@ public final class SessionKeyCopies: Sendable {
     /// still open but the copies of private keys died with the logout.
     private static func follow(_ epoch: Token.HandleEpoch, _ s: inout State) {
         guard s.epoch != epoch else { return }
-        if s.epoch?.generation != epoch.generation { s.holder = nil }
+        if s.epoch?.initialization != epoch.initialization { s.holder = nil }
         s.copies.removeAll()
         s.epoch = epoch
     }

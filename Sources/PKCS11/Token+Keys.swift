@@ -1,7 +1,7 @@
 import CPKCS11
 import Lifecycle
 
-/// Object handles of the token's secret keys by `CKA_ID`, valid for one handle epoch (module generation and login).
+/// Object handles of the token's secret keys by `CKA_ID`, valid for one handle epoch (module initialisation and login).
 public final class KeyHandleCache: Sendable {
     private let handles = ConditionLock<[[UInt8]: (epoch: Token.HandleEpoch, handle: CK_OBJECT_HANDLE)]>([:])
 

@@ -43,8 +43,8 @@ public final class Token: Sendable {
     public let keyHandles = KeyHandleCache()
 
     private struct State {
-        /// The token's slot, found by label, valid in the module generation it was found in.
-        var slot: (id: CK_SLOT_ID, generation: UInt64)?
+        /// The token's slot, found by label, valid in the module initialisation it was found in.
+        var slot: (id: CK_SLOT_ID, initialization: UInt64)?
     }
 
     private let state = Mutex(State())
@@ -73,15 +73,15 @@ public final class Token: Sendable {
     /// re-initialised and whenever the token had to be logged in again (a token that lost its login may renumber its
     /// private objects; SoftHSM does). Read it inside `withSession`, before looking a handle up.
     public struct HandleEpoch: Hashable, Sendable {
-        public let generation: UInt64
+        public let initialization: UInt64
         public let logins: UInt64
     }
 
-    /// Two atomic reads, no lock. Inside `withSession` the generation stays fixed while the body runs
+    /// Two atomic reads, no lock. Inside `withSession` the initialization stays fixed while the body runs
     /// (re-initialisation waits for the call to end); the login count may grow when another call logs in again, which
     /// only makes the next lookup find a handle afresh.
     public var handleEpoch: HandleEpoch {
-        HandleEpoch(generation: pool.generation, logins: recovery.logins)
+        HandleEpoch(initialization: pool.initialization, logins: recovery.logins)
     }
 
     /// Runs `body` with a session of its own, logged in. Retries once after a lost session, login or device; the
@@ -161,24 +161,24 @@ public final class Token: Sendable {
                                            drop: discard, putBack: pool.checkIn)
     }
 
-    /// An idle session of the current module generation, or a new one (logged in when the token needs it).
+    /// An idle session of the current module initialisation, or a new one (logged in when the token needs it).
     private func take(_ module: PKCS11Module, waitUntil: ContinuousClock.Instant) throws(PKCS11Error) -> Session {
         try recovery.refuseIfPINRejected()
-        let generation = module.generation
-        if case .idle(let session) = try pool.checkOut(generation: generation, until: waitUntil) { return session }
+        let initialization = module.initialization
+        if case .idle(let session) = try pool.checkOut(initialization: initialization, until: waitUntil) { return session }
         do throws(PKCS11Error) {
-            return try openLoggedInSession(module, generation: generation)
+            return try openLoggedInSession(module, initialization: initialization)
         } catch {
-            pool.cancelOpening(generation: generation)
+            pool.cancelOpening(initialization: initialization)
             throw error
         }
     }
 
-    private func openLoggedInSession(_ module: PKCS11Module, generation: UInt64) throws(PKCS11Error) -> Session {
-        let known = state.withLock { s in s.slot.flatMap { $0.generation == generation ? $0.id : nil } }
+    private func openLoggedInSession(_ module: PKCS11Module, initialization: UInt64) throws(PKCS11Error) -> Session {
+        let known = state.withLock { s in s.slot.flatMap { $0.initialization == initialization ? $0.id : nil } }
         let slotID: CK_SLOT_ID
         if let known { slotID = known } else { slotID = try module.slot(forTokenLabel: configuration.tokenLabel) }
-        state.withLock { $0.slot = (slotID, generation) }
+        state.withLock { $0.slot = (slotID, initialization) }
         let session = try module.openSession(slot: slotID)
         do throws(PKCS11Error) {
             if try !session.isLoggedIn() { try recovery.logIn(session) }

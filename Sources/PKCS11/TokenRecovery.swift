@@ -106,7 +106,7 @@ final class TokenRecovery: Sendable {
     /// CKR_CRYPTOKI_NOT_INITIALIZED, counts as a lost device, and tries again (rate-limited as above).
     func reinitializeIfDue(_ module: PKCS11Module, after error: PKCS11Error?) {
         guard error?.isDeviceLost == true else { return }
-        let seen = module.generation
+        let seen = module.initialization
         let now = ContinuousClock.now
         let due = lastReinitialization.withLock { last -> Bool in
             if let last, now - last < reconnectInterval { return false }
@@ -114,6 +114,6 @@ final class TokenRecovery: Sendable {
             return true
         }
         guard due else { return }
-        try? module.reinitialize(ifGeneration: seen)
+        try? module.reinitialize(ifInitialization: seen)
     }
 }

@@ -59,7 +59,7 @@ struct RecoveryTests {
         let service = try makeFaultService()
         let seed = SecureRandom.bytes(32)
         let (ciphertext, key) = try service.encrypt(seed)
-        let generation = try PKCS11Module.load(path: faults.modulePath).generation
+        let generation = try PKCS11Module.load(path: faults.modulePath).initialization
         let mark = faults.logMark()
         faults.setPlan("fail \(function) \(rv) 1")
         if function == "C_Encrypt" {
@@ -72,9 +72,9 @@ struct RecoveryTests {
         #expect(calls.count == 2 && calls.first?.rv != 0 && calls.last?.rv == 0, "\(calls)")
         let module = try PKCS11Module.load(path: faults.modulePath)
         if rv == "CKR_DEVICE_REMOVED" {
-            #expect(module.generation > generation, "a lost device is recovered by re-initialising the module")
+            #expect(module.initialization > generation, "a lost device is recovered by re-initialising the module")
         } else {
-            #expect(module.generation == generation, "a lost session or login does not re-initialise the module")
+            #expect(module.initialization == generation, "a lost session or login does not re-initialise the module")
         }
         // And the service keeps working.
         #expect(try service.decrypt(service.encrypt(seed).ciphertext, expectedKeyID: key.keyID).plaintext == seed)

@@ -66,11 +66,11 @@ extension RecoveryTests {
         defer { faults.clearPlan() }
         let service = try makeFaultService()
         try roundTrips(service, 2)
-        let generation = try PKCS11Module.load(path: faults.modulePath).generation
+        let generation = try PKCS11Module.load(path: faults.modulePath).initialization
         let mark = faults.logMark()
         faults.setPlan("fail C_Encrypt CKR_DEVICE_REMOVED 1")
         try roundTrips(service, 3)
-        #expect(try PKCS11Module.load(path: faults.modulePath).generation > generation)
+        #expect(try PKCS11Module.load(path: faults.modulePath).initialization > generation)
         #expect(copies(faults.calls(since: mark)) == 1, "one new copy after the re-initialisation")
         #expect(service.token.sessionKeyCopies.status.active == 1)
     }

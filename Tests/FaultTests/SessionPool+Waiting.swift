@@ -79,13 +79,13 @@ extension RecoveryTests {
         let token = try makeRulesToken(maxSessions: 2)
         try holdSessions(token, 2)
         #expect(token.openSessions == 2)
-        let generation = token.handleEpoch.generation
+        let generation = token.handleEpoch.initialization
         faults.setPlan("fail C_GenerateRandom CKR_DEVICE_REMOVED 1")
         let bytes = try token.withSession { (session) throws(PKCS11Error) in try session.generateRandom(count: 8) }
         #expect(bytes.count == 8)
-        #expect(token.handleEpoch.generation > generation)
+        #expect(token.handleEpoch.initialization > generation)
         #expect(token.openSessions == 1, "only the session opened after the re-initialisation")
-        // Both places are usable again at once: none is held by a session of the older generation.
+        // Both places are usable again at once: none is held by a session of the older initialization.
         let mark = faults.logMark()
         try holdSessions(token, 2) { () throws(PKCS11Error) in
             #expect(token.sessionsInUse == 2)
@@ -98,7 +98,7 @@ extension RecoveryTests {
     func reinitialisationWaitsForCalls() throws {
         let token = try makeRulesToken()
         let module = try PKCS11Module.load(path: faults.modulePath)
-        let generation = module.generation
+        let generation = module.initialization
         let entered = DispatchSemaphore(value: 0)
         let outerDone = DispatchSemaphore(value: 0)
         let reinitialised = DispatchSemaphore(value: 0)
@@ -121,7 +121,7 @@ extension RecoveryTests {
         }.start()
         #expect(entered.wait(timeout: .now() + 10) == .success)
         Thread {
-            try? module.reinitialize(ifGeneration: generation)
+            try? module.reinitialize(ifInitialization: generation)
             reinitialisationEnded.set { $0 = .now }
             reinitialised.signal()
         }.start()
@@ -131,9 +131,9 @@ extension RecoveryTests {
         let ended = try #require(bodyEnded.get)
         let reinitialisedAt = try #require(reinitialisationEnded.get)
         #expect(ended < reinitialisedAt, "the module was re-initialised only after the call in flight ended")
-        #expect(module.generation == generation + 1)
+        #expect(module.initialization == generation + 1)
         // The token follows: the old sessions are forgotten, a new one is opened.
         #expect(try token.withSession { (session) throws(PKCS11Error) in try session.generateRandom(count: 8) }.count == 8)
-        #expect(token.openSessions == 1 && token.handleEpoch.generation == generation + 1)
+        #expect(token.openSessions == 1 && token.handleEpoch.initialization == generation + 1)
     }
 }

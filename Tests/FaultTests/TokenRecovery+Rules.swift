@@ -39,7 +39,7 @@ extension RecoveryTests {
         defer { faults.clearPlan() }
         let token = try makeRulesToken()
         let module = try PKCS11Module.load(path: faults.modulePath)
-        let generation = module.generation
+        let generation = module.initialization
 
         // Once: the second try succeeds, in another session; the first one is closed.
         var mark = faults.logMark()
@@ -62,7 +62,7 @@ extension RecoveryTests {
         #expect(count("C_GenerateRandom", since: mark) == 6, "exactly one retry per call")
         #expect(count("C_CloseSession", since: mark) == 6)
         #expect(token.sessionsInUse == 0)
-        #expect(module.generation == generation, "a lost session does not re-initialise the module")
+        #expect(module.initialization == generation, "a lost session does not re-initialise the module")
 
         faults.clearPlan()
         #expect(try random(token).count == 16)
@@ -87,7 +87,7 @@ extension RecoveryTests {
         #expect(logins.count == 1 && logins.first?.rv == 0, "\(logins)")
         let after = token.handleEpoch
         #expect(after.logins == before.logins + 1, "handles found before the logout are not trusted after it")
-        #expect(after.generation == before.generation)
+        #expect(after.initialization == before.initialization)
     }
 
     @Test("a lost device re-initialises the module at most once per reconnect interval")
@@ -96,7 +96,7 @@ extension RecoveryTests {
         let interval = Duration.seconds(2)
         let token = try makeRulesToken(reconnectInterval: interval)
         let module = try PKCS11Module.load(path: faults.modulePath)
-        let generation = module.generation
+        let generation = module.initialization
         let mark = faults.logMark()
         let started = ContinuousClock.now
         // The device goes away at the first C_GenerateRandom and stays away until a C_Initialize.
@@ -113,14 +113,14 @@ extension RecoveryTests {
         #expect(count("C_Initialize", since: mark) == 1 || elapsed >= interval,
                 "one re-initialisation within the interval, not one per call")
         #expect(count("C_Finalize", since: mark) == count("C_Initialize", since: mark))
-        #expect(token.handleEpoch.generation == module.generation && module.generation > generation)
+        #expect(token.handleEpoch.initialization == module.initialization && module.initialization > generation)
 
         // Once the interval has passed, the next call re-initialises again, and with the device back it succeeds.
         faults.clearPlan()
         Thread.sleep(forTimeInterval: 2.2)
-        let before = module.generation
+        let before = module.initialization
         #expect(try random(token).count == 16)
-        #expect(module.generation == before + 1)
+        #expect(module.initialization == before + 1)
         #expect(token.sessionsInUse == 0 && token.openSessions == 1)
     }
 }
