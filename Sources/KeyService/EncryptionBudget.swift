@@ -7,8 +7,8 @@ import Lifecycle
 /// Each key has a `CKO_DATA` object (`CKA_TOKEN` and `CKA_PRIVATE` true, label `p11kms-budget-<key_id>`) whose value
 /// is the number of encryptions *reserved* under the key, in decimal (a new object replaces it at each reservation;
 /// if two are left, the higher counts). Encryptions are reserved in blocks before they
-/// are made: an Encrypt that finds its key's block used up writes the next reservation to the token first, so a
-/// crash (kill -9, power loss) loses at most the unused rest of one block and the count never goes down. A process
+/// are made (see `consume`: the next reservation is written ahead of need, outside the lock), so a crash (kill -9,
+/// power loss) loses at most one block and the count never goes down. A process
 /// that starts counts everything reserved so far as used. Every Encrypt of an `EnvelopeService` counts, canaries
 /// included, and so is a new key's self-test (`countOne`). At the budget, Encrypt fails with `failedPrecondition` naming `p11kms rotate`; Decrypt never counts.
 public final class EncryptionBudget: Sendable {
@@ -21,7 +21,12 @@ public final class EncryptionBudget: Sendable {
     private let token: Token
     private let onReserve: @Sendable (String, UInt64) -> Void
 
-    private struct Count { var used: UInt64; var reserved: UInt64 }
+    private struct Count {
+        var used: UInt64
+        var reserved: UInt64
+        /// A reservation is being written to the token (by one caller, outside the lock).
+        var reserving = false
+    }
     private let counts = ConditionLock<[RootKeyID: Count]>([:])
 
     public init(token: Token, budget: UInt64 = EncryptionBudget.defaultBudget,
@@ -32,27 +37,82 @@ public final class EncryptionBudget: Sendable {
         self.onReserve = onReserve
     }
 
+    /// What one call of `consume` does after taking the lock.
+    private enum Step {
+        /// Counted within the reservation.
+        case counted
+        /// Counted; the reservation runs low, so this caller writes the next one (`reserved`) ahead of need.
+        case countedReserveAhead(UInt64)
+        /// Nothing left in the reservation: this caller writes the next one, then counts.
+        case reserveFirst(UInt64)
+        case exhausted
+    }
+
     /// Counts one Encrypt under `id`; reserves the next block in the token when needed. Throws at the budget.
+    ///
+    /// The token write is made outside the lock, by one caller at a time, and (for blocks of more than one) ahead
+    /// of need: once at most half a block is left, the caller that notices writes `used + block` while the others go on counting within the old
+    /// reservation (a write used to stall every Encrypt for milliseconds). The reservation in the token is never
+    /// below the count, and at most one block above it, so a crash still loses at most a block; the price is a
+    /// write every half block to a whole block.
     public func consume(_ id: RootKeyID) throws(KMSError) {
-        try counts.withLock { (counts) throws(KMSError) in
-            var count = counts[id] ?? Count(used: 0, reserved: 0)
-            if counts[id] == nil {
-                let stored = try read(id)
-                count = Count(used: stored, reserved: stored)
+        if counts.withLock({ $0[id] == nil }) {
+            let stored = try read(id)
+            counts.withLock { counts in
+                if counts[id] == nil { counts[id] = Count(used: stored, reserved: stored) }
             }
-            guard count.used < budget else {
-                counts[id] = count
-                throw KMSError(.failedPrecondition, "run 'p11kms rotate': root key \(id.keyID) has made all \(budget) encryptions of its budget")
-            }
-            if count.used == count.reserved {
-                let next = min(count.used + block, budget)
-                try write(id, reserved: next)
-                count.reserved = next
-                onReserve(id.keyID, next)
-            }
-            count.used += 1
-            counts[id] = count
         }
+        while true {
+            // No deadline: a caller waits only while another one writes the reservation it needs.
+            guard let step = counts.wait(until: nil, { (counts: inout [RootKeyID: Count]) -> Step? in
+                guard var count = counts[id] else { return .exhausted }
+                defer { counts[id] = count }
+                if count.used >= budget { return .exhausted }
+                if count.used < count.reserved {
+                    count.used += 1
+                    guard block > 1, !count.reserving, count.reserved < budget, count.reserved - count.used <= block / 2 else {
+                        return .counted
+                    }
+                    count.reserving = true
+                    return .countedReserveAhead(min(count.used + block, budget))
+                }
+                if count.reserving { return nil }
+                count.reserving = true
+                return .reserveFirst(min(count.used + block, budget))
+            }) else { continue }
+            switch step {
+            case .counted:
+                return
+            case .exhausted:
+                throw KMSError(.failedPrecondition, "run 'p11kms rotate': root key \(id.keyID) has made all \(budget) encryptions of its budget")
+            case .countedReserveAhead(let next):
+                // This Encrypt is already covered; a failed write is tried again by the next caller.
+                try? reserve(id, next)
+                return
+            case .reserveFirst(let next):
+                try reserve(id, next)
+            }
+        }
+    }
+
+    /// Writes the reservation `next` for `id` (the caller set `reserving`), records it, and wakes waiters.
+    private func reserve(_ id: RootKeyID, _ next: UInt64) throws(KMSError) {
+        do throws(KMSError) {
+            try write(id, reserved: next)
+        } catch {
+            counts.withLock { $0[id]?.reserving = false }
+            counts.signalAll()
+            throw error
+        }
+        counts.withLock { counts in
+            if var count = counts[id] {
+                count.reserved = max(count.reserved, next)
+                count.reserving = false
+                counts[id] = count
+            }
+        }
+        counts.signalAll()
+        onReserve(id.keyID, next)
     }
 
     /// The share of the budget `id` has used in this process's view (reserved counts as used after a restart).
