@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Runs a command to completion and captures its output.
 public enum Command {
@@ -39,10 +40,9 @@ public enum Command {
     }
 }
 
-final class LockedData: @unchecked Sendable {
-    // Written once by the reader thread before `group.leave()`, read after `group.wait()`.
-    private var data = Data()
-    private let lock = NSLock()
-    func set(_ d: Data) { lock.lock(); data = d; lock.unlock() }
-    func get() -> Data { lock.lock(); defer { lock.unlock() }; return data }
+/// Written once by the reader thread before `group.leave()`, read after `group.wait()`.
+final class LockedData: Sendable {
+    private let data = Mutex(Data())
+    func set(_ d: Data) { data.withLock { $0 = d } }
+    func get() -> Data { data.withLock { $0 } }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import GRPCTransport
 import KMSProto
 
@@ -118,21 +119,19 @@ public enum ChildProcesses {
     }
 }
 
-final class LockedPIDs: @unchecked Sendable {
-    // A set guarded by `lock`; the exit handler is installed with the first registration.
-    private var pids: Set<Int32> = []
-    private var installed = false
-    private let lock = NSLock()
+/// The pids of running plugins; the exit handler is installed with the first registration.
+final class LockedPIDs: Sendable {
+    private let state = Mutex<(pids: Set<Int32>, installed: Bool)>(([], false))
     func add(_ pid: Int32) {
-        lock.lock()
-        defer { lock.unlock() }
-        pids.insert(pid)
-        if !installed {
-            installed = true
-            atexit { ChildProcesses.killAll() }
+        state.withLock { state in
+            state.pids.insert(pid)
+            if !state.installed {
+                state.installed = true
+                atexit { ChildProcesses.killAll() }
+            }
         }
     }
-    func all() -> [Int32] { lock.lock(); defer { lock.unlock() }; return Array(pids) }
+    func all() -> [Int32] { state.withLock { Array($0.pids) } }
 }
 
 /// A KMS v2/v1 client over a real unix socket.

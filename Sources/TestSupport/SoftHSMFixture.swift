@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A private SoftHSM2 installation for one test process: its own `SOFTHSM2_CONF` and token directory under a
 /// temporary folder, set in this process's environment before the module is first loaded. Tokens are created with
@@ -90,11 +91,9 @@ public final class SoftHSMFixture: Sendable {
     }
 }
 
-final class LockedCounter: @unchecked Sendable {
-    // A plain counter guarded by `lock`.
-    private var value = 0
-    private let lock = NSLock()
-    func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value - 1 }
+final class LockedCounter: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int { value.withLock { value in defer { value += 1 }; return value } }
 }
 
 public struct FixtureError: Error, CustomStringConvertible {

@@ -1,11 +1,12 @@
 import Foundation
+import Synchronization
 
 /// Hangs a SoftHSM token for real, as a stuck HSM or storage would: another process holds `fcntl` write locks on
 /// every object file of the token (`<tokendir>/<uuid>/*.object`), so every SoftHSM call that reads them blocks until
 /// `release()` (or the end of this object).
-public final class TokenHang: @unchecked Sendable {
-    // `process` is set once in init and only read afterwards, by the owning test.
-    private let process: Process
+public final class TokenHang: Sendable {
+    /// The child holding the locks (Foundation's `Process` is not Sendable: used only under the lock).
+    private let process: Mutex<Process>
 
     /// Takes the locks and returns once they are all held.
     public init(tokenFolder: URL) throws {
@@ -17,7 +18,7 @@ public final class TokenHang: @unchecked Sendable {
         print("locked %d" % len(files), flush=True)
         sys.stdin.read()
         """
-        process = Process()
+        let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", "-c", script, tokenFolder.path]
         let output = Pipe()
@@ -31,14 +32,17 @@ public final class TokenHang: @unchecked Sendable {
             process.terminate()
             throw FixtureError("could not lock the token's object files in \(tokenFolder.path)")
         }
+        self.process = Mutex(process)
     }
 
     /// Drops the locks: the token answers again.
     public func release() {
-        guard process.isRunning else { return }
-        // SIGKILL: the child may have inherited a mask that blocks SIGTERM.
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        process.withLock { process in
+            guard process.isRunning else { return }
+            // SIGKILL: the child may have inherited a mask that blocks SIGTERM.
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
     }
 
     deinit { release() }
