@@ -97,11 +97,7 @@ public final class EnvelopeService: Sendable {
 
     /// Re-reads the key list from the token; true when it changed.
     public func refreshKeys() throws(KMSError) -> Bool {
-        do throws(PKCS11Error) {
-            return try keyRing.refresh()
-        } catch {
-            throw KMSError.token(error)
-        }
+        return try KMSError.mapping { () throws(PKCS11Error) in try keyRing.refresh() }
     }
 
     /// One AES-GCM decryption in the token, no analysis of failures.

@@ -28,11 +28,7 @@ extension KeyRing {
 
     /// Deletes a retired key for good. Never the current key, never an active one: retire it first.
     public func destroy(_ id: RootKeyID) throws(KMSError) {
-        do throws(PKCS11Error) {
-            try refresh()
-        } catch {
-            throw KMSError.token(error)
-        }
+        _ = try KMSError.mapping { () throws(PKCS11Error) in try refresh() }
         if let bad = invalidKey(id) { throw KMSError(.failedPrecondition, "\(bad); it is never used, and not destroyed by p11kms") }
         guard let key = key(id) else { throw KMSError.invalid("no root key \(id.keyID) in the token") }
         guard key.state == .retired else {
@@ -60,11 +56,7 @@ extension KeyRing {
             let found = try KMSError.mapping { () throws(PKCS11Error) in try KeyRing.readKeys(objects) }.usable(id)
             try change(found.key, found.object, objects)
         }
-        do throws(PKCS11Error) {
-            try refresh()
-        } catch {
-            throw KMSError.token(error)
-        }
+        _ = try KMSError.mapping { () throws(PKCS11Error) in try refresh() }
         guard let key = key(id) else { throw KMSError(.internal, "\(id.keyID) vanished from the token") }
         return key
     }

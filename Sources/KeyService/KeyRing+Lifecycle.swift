@@ -6,11 +6,7 @@ import Glibc
 extension KeyRing {
     /// Makes sure a current key exists: returns it, or generates the first one. Idempotent.
     public func initialize() throws(KMSError) -> (key: RootKey, created: Bool) {
-        do throws(PKCS11Error) {
-            try refresh()
-        } catch {
-            throw KMSError.token(error)
-        }
+        _ = try KMSError.mapping { () throws(PKCS11Error) in try refresh() }
         if let current { return (current, false) }
         return (try rotate(), true)
     }
