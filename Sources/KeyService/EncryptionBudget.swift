@@ -48,14 +48,15 @@ public final class EncryptionBudget: Sendable {
         case exhausted
     }
 
-    /// Counts one Encrypt under `id`; reserves the next block in the token when needed. Throws at the budget.
+    /// Counts one Encrypt under `id`; reserves the next block in the token when needed. Throws at the budget, and
+    /// with `deadlineExceeded` when `deadline` passes while another caller still writes the reservation this one needs.
     ///
     /// The token write is made outside the lock, by one caller at a time, and (for blocks of more than one) ahead
     /// of need: once at most half a block is left, the caller that notices writes `used + block` while the others go on counting within the old
     /// reservation (a write used to stall every Encrypt for milliseconds). The reservation in the token is never
     /// below the count, and at most one block above it, so a crash still loses at most a block; the price is a
     /// write every half block to a whole block.
-    public func consume(_ id: RootKeyID) throws(KMSError) {
+    public func consume(_ id: RootKeyID, deadline: ContinuousClock.Instant? = nil) throws(KMSError) {
         if counts.withLock({ $0[id] == nil }) {
             let stored = try read(id)
             counts.withLock { counts in
@@ -63,8 +64,8 @@ public final class EncryptionBudget: Sendable {
             }
         }
         while true {
-            // No deadline: a caller waits only while another one writes the reservation it needs.
-            guard let step = counts.wait(until: nil, { (counts: inout [RootKeyID: Count]) -> Step? in
+            // A caller waits only while another one writes the reservation it needs, at most until its deadline.
+            guard let step = counts.wait(until: deadline, { (counts: inout [RootKeyID: Count]) -> Step? in
                 guard var count = counts[id] else { return .exhausted }
                 defer { counts[id] = count }
                 if count.used >= budget { return .exhausted }
@@ -79,7 +80,9 @@ public final class EncryptionBudget: Sendable {
                 if count.reserving { return nil }
                 count.reserving = true
                 return .reserveFirst(min(count.used + block, budget))
-            }) else { continue }
+            }) else {
+                throw KMSError(.deadlineExceeded, "not started: the encryption budget's next reservation for root key \(id.keyID) is still being written to the token")
+            }
             switch step {
             case .counted:
                 return

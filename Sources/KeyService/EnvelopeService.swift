@@ -36,7 +36,7 @@ public final class EnvelopeService: Sendable {
         guard let key = keyRing.current else {
             throw KMSError(.unavailable, "the token holds no current root key (run 'p11kms init')")
         }
-        try budget?.consume(key.id)
+        try budget?.consume(key.id, deadline: deadline)
         let iv = SecureRandom.bytes(Envelope.ivLength)
         let header = Envelope.header(for: key.id)
         let sealed = try KMSError.mapping { () throws(PKCS11Error) in
